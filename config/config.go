@@ -1,0 +1,307 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Fallback says what happens to a LAN connection that cannot be converted
+// (no usable MCP, or the leg was not up within LegTimeout).
+type Fallback string
+
+const (
+	// FallbackDirect lets the SYN through unconverted: plain routing over
+	// the primary uplink. The household's Internet keeps working.
+	FallbackDirect Fallback = "direct"
+	// FallbackReject answers the SYN with a TCP reset.
+	FallbackReject Fallback = "reject"
+)
+
+// Defaults for the settings a file may leave out.
+const (
+	DefaultMCPPort     = 5124
+	DefaultLegTimeout  = 1500 * time.Millisecond
+	DefaultIdleTimeout = 2 * time.Hour
+	DefaultQueue       = 5124
+	DefaultTProxyPort  = 5124
+	DefaultMarkMask    = 0x0f000000
+	DefaultTableBase   = 5124
+	DefaultRulePref    = 5124
+)
+
+// MaxUplinks bounds the uplink list: the kernel allows at most 8 subflows
+// per MPTCP connection.
+const MaxUplinks = 8
+
+// Config is the agent's configuration. Parse fills every field.
+type Config struct {
+	LANInterfaces []string  `yaml:"lan_interfaces"`
+	Uplinks       []Uplink  `yaml:"uplinks"`
+	MCP           MCP       `yaml:"mcp"`
+	LegTimeout    Duration  `yaml:"leg_timeout"`
+	IdleTimeout   Duration  `yaml:"idle_timeout"`
+	Fallback      Fallback  `yaml:"fallback"`
+	Netfilter     Netfilter `yaml:"netfilter"`
+	Routing       Routing   `yaml:"routing"`
+	LogLevel      string    `yaml:"log_level"`
+}
+
+// Uplink is one WAN interface the agent may open subflows over.
+type Uplink struct {
+	Name      string `yaml:"name"`
+	Interface string `yaml:"interface"`
+}
+
+// MCP lists the downstream MCPs.
+type MCP struct {
+	// Servers are tried in order; a server written without a port uses
+	// Port.
+	Servers []string `yaml:"servers"`
+	Port    uint16   `yaml:"port"`
+	// Addrs is Servers resolved against Port; it is filled by Parse and is
+	// not a key of the file.
+	Addrs []netip.AddrPort `yaml:"-"`
+}
+
+// Netfilter holds the numbers the agent's firewall rules use. The defaults
+// suit OpenWrt: the mark bits avoid fw4's and mwan3's (0x3f00).
+type Netfilter struct {
+	Queue      uint16 `yaml:"queue"`
+	TProxyPort uint16 `yaml:"tproxy_port"`
+	MarkMask   Hex32  `yaml:"mark_mask"`
+}
+
+// Routing holds the routing table and rule preference bases of the agent.
+type Routing struct {
+	// TableBase is the TPROXY table; uplink i uses TableBase+1+i.
+	TableBase int `yaml:"table_base"`
+	// RulePref is the preference of the agent's first rule; its rules use
+	// RulePref..RulePref+99, before the main table (32766).
+	RulePref int `yaml:"rule_pref"`
+}
+
+// Duration is a time.Duration written as "1.5s" or "200ms".
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if n.Kind != yaml.ScalarNode || err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 1.5s", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Hex32 is a 32-bit value that may be written in hex (0x0f000000).
+type Hex32 uint32
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (h *Hex32) UnmarshalYAML(n *yaml.Node) error {
+	v, err := strconv.ParseUint(n.Value, 0, 32)
+	if n.Kind != yaml.ScalarNode || err != nil {
+		return fmt.Errorf("line %d: %q is not a 32-bit number", n.Line, n.Value)
+	}
+	*h = Hex32(v)
+	return nil
+}
+
+// maxFileSize bounds what Parse reads: a real configuration is a few
+// hundred bytes.
+const maxFileSize = 1 << 20
+
+// Load reads and parses the file at path.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read config %s: %w", path, err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes a YAML document, fills defaults and checks every setting.
+func Parse(b []byte) (*Config, error) {
+	if len(b) > maxFileSize {
+		return nil, fmt.Errorf("larger than %d bytes", maxFileSize)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty")
+		}
+		return nil, err
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document")
+	}
+	c.fillDefaults()
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) fillDefaults() {
+	if c.MCP.Port == 0 {
+		c.MCP.Port = DefaultMCPPort
+	}
+	if c.LegTimeout == 0 {
+		c.LegTimeout = Duration(DefaultLegTimeout)
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = Duration(DefaultIdleTimeout)
+	}
+	if c.Fallback == "" {
+		c.Fallback = FallbackDirect
+	}
+	if c.Netfilter.Queue == 0 {
+		c.Netfilter.Queue = DefaultQueue
+	}
+	if c.Netfilter.TProxyPort == 0 {
+		c.Netfilter.TProxyPort = DefaultTProxyPort
+	}
+	if c.Netfilter.MarkMask == 0 {
+		c.Netfilter.MarkMask = DefaultMarkMask
+	}
+	if c.Routing.TableBase == 0 {
+		c.Routing.TableBase = DefaultTableBase
+	}
+	if c.Routing.RulePref == 0 {
+		c.Routing.RulePref = DefaultRulePref
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+}
+
+// ifNameRE matches a Linux interface name (IFNAMSIZ-1 characters, no '/',
+// whitespace or ':').
+var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,15}$`)
+
+func (c *Config) check() error {
+	if len(c.LANInterfaces) == 0 {
+		return errors.New("lan_interfaces: at least one interface is needed")
+	}
+	seenIf := map[string]string{}
+	for _, name := range c.LANInterfaces {
+		if !ifNameRE.MatchString(name) {
+			return fmt.Errorf("lan_interfaces: %q is not an interface name", name)
+		}
+		if seenIf[name] != "" {
+			return fmt.Errorf("lan_interfaces: %q listed twice", name)
+		}
+		seenIf[name] = "lan_interfaces"
+	}
+	if len(c.Uplinks) == 0 || len(c.Uplinks) > MaxUplinks {
+		return fmt.Errorf("uplinks: between 1 and %d are needed, got %d", MaxUplinks, len(c.Uplinks))
+	}
+	names := map[string]bool{}
+	for i, u := range c.Uplinks {
+		key := fmt.Sprintf("uplinks[%d]", i)
+		if u.Name == "" || strings.ContainsAny(u.Name, " \t\n") {
+			return fmt.Errorf("%s.name: %q is not a name", key, u.Name)
+		}
+		if names[u.Name] {
+			return fmt.Errorf("%s.name: %q used twice", key, u.Name)
+		}
+		names[u.Name] = true
+		if !ifNameRE.MatchString(u.Interface) {
+			return fmt.Errorf("%s.interface: %q is not an interface name", key, u.Interface)
+		}
+		if prev := seenIf[u.Interface]; prev != "" {
+			return fmt.Errorf("%s.interface: %q is already in %s", key, u.Interface, prev)
+		}
+		seenIf[u.Interface] = key
+	}
+	if len(c.MCP.Servers) == 0 {
+		return errors.New("mcp.servers: at least one downstream MCP is needed")
+	}
+	for _, s := range c.MCP.Servers {
+		ap, err := parseServer(s, c.MCP.Port)
+		if err != nil {
+			return fmt.Errorf("mcp.servers: %w", err)
+		}
+		c.MCP.Addrs = append(c.MCP.Addrs, ap)
+	}
+	if d := time.Duration(c.LegTimeout); d < 0 || d > time.Minute {
+		return fmt.Errorf("leg_timeout: %v is outside (0, 1m]", d)
+	}
+	if d := time.Duration(c.IdleTimeout); d < 0 {
+		return fmt.Errorf("idle_timeout: %v is negative", d)
+	}
+	switch c.Fallback {
+	case FallbackDirect, FallbackReject:
+	default:
+		return fmt.Errorf("fallback: %q is neither %q nor %q", c.Fallback, FallbackDirect, FallbackReject)
+	}
+	if m := uint32(c.Netfilter.MarkMask); m == 0 || (m>>bits.TrailingZeros32(m))&(m>>bits.TrailingZeros32(m)+1) != 0 || bits.OnesCount32(m) < 2 {
+		return fmt.Errorf("netfilter.mark_mask: %#x must be one run of at least two bits", m)
+	}
+	if t := c.Routing.TableBase; t < 1 || t <= 255 && t+MaxUplinks >= 252 {
+		return fmt.Errorf("routing.table_base: %d: tables %d..%d must avoid the kernel's reserved tables (0, 252-255)", t, t, t+MaxUplinks)
+	}
+	if c.Routing.RulePref < 1 || c.Routing.RulePref+100 > 32766 {
+		return fmt.Errorf("routing.rule_pref: %d must leave room for 100 rules before the main table (32766)", c.Routing.RulePref)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level: %q is not debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// Marks returns the packet mark values the agent uses, each within
+// MarkMask: convert (TPROXY a released SYN), reject (answer a released SYN
+// with a reset) and tproxy (route packets of converted connections to the
+// local listener).
+func (n Netfilter) Marks() (convert, reject, tproxy uint32) {
+	shift := bits.TrailingZeros32(uint32(n.MarkMask))
+	return 1 << shift, 2 << shift, 3 << shift
+}
+
+// parseServer reads "ADDR", "ADDR:PORT" or "[V6]:PORT".
+func parseServer(s string, port uint16) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return checkServer(netip.AddrPortFrom(a, port), s)
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an address or address:port", s)
+	}
+	return checkServer(ap, s)
+}
+
+func checkServer(ap netip.AddrPort, s string) (netip.AddrPort, error) {
+	a := ap.Addr()
+	if a.Zone() != "" || !a.Unmap().IsGlobalUnicast() {
+		return netip.AddrPort{}, fmt.Errorf("%q is not a unicast address", s)
+	}
+	if ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q: port 0", s)
+	}
+	return netip.AddrPortFrom(a.Unmap(), ap.Port()), nil
+}
