@@ -1,0 +1,109 @@
+package mptcppm
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mdlayher/genetlink"
+	"github.com/mdlayher/netlink"
+)
+
+// EventConn receives the path manager's events (the mptcp_pm_events
+// multicast group) for the network namespace it was opened in.
+//
+// Receive must not be called from more than one goroutine at a time.
+// Close may be called at any time, also while Receive blocks: it unblocks
+// Receive, which then returns an error wrapping net.ErrClosed.
+type EventConn struct {
+	c        *genetlink.Conn
+	familyID uint16
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// ListenEvents opens an EventConn in the calling thread's network
+// namespace. It needs CAP_NET_ADMIN there.
+// The error wraps ErrNotSupported when the kernel has no MPTCP path
+// manager.
+func ListenEvents() (*EventConn, error) {
+	c, err := dial()
+	if err != nil {
+		return nil, err
+	}
+	return newEventConn(c)
+}
+
+// newEventConn joins c to the events group and takes ownership of c,
+// closing it on error.
+func newEventConn(c *genetlink.Conn) (*EventConn, error) {
+	f, err := lookupFamily(c)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	for _, g := range f.Groups {
+		if g.Name != eventsGroup {
+			continue
+		}
+		if err := c.JoinGroup(g.ID); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("join multicast group %s: %w", eventsGroup, err)
+		}
+		return &EventConn{c: c, familyID: f.ID}, nil
+	}
+	c.Close()
+	return nil, fmt.Errorf("generic netlink family %q has no group %q: %w", familyName, eventsGroup, ErrNotSupported)
+}
+
+// Receive blocks until the kernel sends events and returns them in order.
+//
+// If some messages do not decode, Receive returns the events that did with
+// an error naming the others; the EventConn stays usable. If the socket's
+// buffer overflowed, the error wraps syscall.ENOBUFS: events were lost,
+// and the caller should resynchronise its view, then keep receiving.
+func (ec *EventConn) Receive() ([]Event, error) {
+	for {
+		msgs, nmsgs, err := ec.c.Receive()
+		if err != nil {
+			if ec.closed.Load() {
+				// The socket's own error says "use of closed file" or
+				// EBADF; callers test for the documented one.
+				err = net.ErrClosed
+			}
+			return nil, fmt.Errorf("receive mptcp_pm events: %w", err)
+		}
+		var (
+			evs  []Event
+			errs []error
+		)
+		for i, m := range msgs {
+			if nmsgs[i].Header.Type != netlink.HeaderType(ec.familyID) {
+				continue
+			}
+			ev, err := parseEvent(m)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			evs = append(evs, ev)
+		}
+		if len(evs) > 0 || len(errs) > 0 {
+			return evs, errors.Join(errs...)
+		}
+	}
+}
+
+// Close closes the socket and unblocks a pending Receive. It is safe to
+// call more than once; later calls return what the first returned.
+func (ec *EventConn) Close() error {
+	ec.closeOnce.Do(func() {
+		ec.closed.Store(true)
+		ec.closeErr = ec.c.Close()
+	})
+	return ec.closeErr
+}
