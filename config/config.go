@@ -37,14 +37,14 @@ const (
 	DefaultTProxyPort  = 5124
 	DefaultMarkMask    = 0x0f000000
 	DefaultTableBase   = 5124
-	DefaultRulePref    = 5124
+	DefaultRulePref    = 900
 )
 
 // MaxUplinks bounds the uplink list: the kernel allows at most 8 subflows
 // per MPTCP connection.
 const MaxUplinks = 8
 
-// Config is the agent's configuration. Parse fills every field.
+// Config is the agent's configuration. Parse and ParseUCI fill every field.
 type Config struct {
 	LANInterfaces []string  `yaml:"lan_interfaces"`
 	Uplinks       []Uplink  `yaml:"uplinks"`
@@ -121,8 +121,13 @@ func (h *Hex32) UnmarshalYAML(n *yaml.Node) error {
 // hundred bytes.
 const maxFileSize = 1 << 20
 
-// Load reads and parses the file at path.
-func Load(path string) (*Config, error) {
+// Load reads and parses the YAML file at path.
+func Load(path string) (*Config, error) { return load(path, Parse) }
+
+// LoadUCI reads and parses the OpenWrt UCI file at path (see ParseUCI).
+func LoadUCI(path string) (*Config, error) { return load(path, ParseUCI) }
+
+func load(path string, parse func([]byte) (*Config, error)) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
@@ -132,7 +137,7 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config %s: %w", path, err)
 	}
-	c, err := Parse(b)
+	c, err := parse(b)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -158,11 +163,18 @@ func Parse(b []byte) (*Config, error) {
 		return nil, errors.New("more than one YAML document")
 	}
 	c.fillDefaults()
-	if err := c.check(); err != nil {
+	if err := c.check(yamlKey); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
+
+// keyNamer spells a setting, given by its YAML path ("mcp.servers",
+// "uplinks[1].interface"), the way the file being checked names it, so that
+// an error names what the user wrote.
+type keyNamer func(yamlPath string) string
+
+func yamlKey(path string) string { return path }
 
 func (c *Config) fillDefaults() {
 	if c.MCP.Port == 0 {
@@ -201,75 +213,75 @@ func (c *Config) fillDefaults() {
 // whitespace or ':').
 var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,15}$`)
 
-func (c *Config) check() error {
+func (c *Config) check(key keyNamer) error {
 	if len(c.LANInterfaces) == 0 {
-		return errors.New("lan_interfaces: at least one interface is needed")
+		return fmt.Errorf("%s: at least one interface is needed", key("lan_interfaces"))
 	}
 	seenIf := map[string]string{}
 	for _, name := range c.LANInterfaces {
 		if !ifNameRE.MatchString(name) {
-			return fmt.Errorf("lan_interfaces: %q is not an interface name", name)
+			return fmt.Errorf("%s: %q is not an interface name", key("lan_interfaces"), name)
 		}
 		if seenIf[name] != "" {
-			return fmt.Errorf("lan_interfaces: %q listed twice", name)
+			return fmt.Errorf("%s: %q listed twice", key("lan_interfaces"), name)
 		}
-		seenIf[name] = "lan_interfaces"
+		seenIf[name] = key("lan_interfaces")
 	}
 	if len(c.Uplinks) == 0 || len(c.Uplinks) > MaxUplinks {
-		return fmt.Errorf("uplinks: between 1 and %d are needed, got %d", MaxUplinks, len(c.Uplinks))
+		return fmt.Errorf("%s: between 1 and %d are needed, got %d", key("uplinks"), MaxUplinks, len(c.Uplinks))
 	}
 	names := map[string]bool{}
 	for i, u := range c.Uplinks {
-		key := fmt.Sprintf("uplinks[%d]", i)
+		path := fmt.Sprintf("uplinks[%d]", i)
 		if u.Name == "" || strings.ContainsAny(u.Name, " \t\n") {
-			return fmt.Errorf("%s.name: %q is not a name", key, u.Name)
+			return fmt.Errorf("%s: %q is not a name", key(path+".name"), u.Name)
 		}
 		if names[u.Name] {
-			return fmt.Errorf("%s.name: %q used twice", key, u.Name)
+			return fmt.Errorf("%s: %q used twice", key(path+".name"), u.Name)
 		}
 		names[u.Name] = true
 		if !ifNameRE.MatchString(u.Interface) {
-			return fmt.Errorf("%s.interface: %q is not an interface name", key, u.Interface)
+			return fmt.Errorf("%s: %q is not an interface name", key(path+".interface"), u.Interface)
 		}
 		if prev := seenIf[u.Interface]; prev != "" {
-			return fmt.Errorf("%s.interface: %q is already in %s", key, u.Interface, prev)
+			return fmt.Errorf("%s: %q is already in %s", key(path+".interface"), u.Interface, prev)
 		}
-		seenIf[u.Interface] = key
+		seenIf[u.Interface] = key(path)
 	}
 	if len(c.MCP.Servers) == 0 {
-		return errors.New("mcp.servers: at least one downstream MCP is needed")
+		return fmt.Errorf("%s: at least one downstream MCP is needed", key("mcp.servers"))
 	}
 	for _, s := range c.MCP.Servers {
 		ap, err := parseServer(s, c.MCP.Port)
 		if err != nil {
-			return fmt.Errorf("mcp.servers: %w", err)
+			return fmt.Errorf("%s: %w", key("mcp.servers"), err)
 		}
 		c.MCP.Addrs = append(c.MCP.Addrs, ap)
 	}
 	if d := time.Duration(c.LegTimeout); d < 0 || d > time.Minute {
-		return fmt.Errorf("leg_timeout: %v is outside (0, 1m]", d)
+		return fmt.Errorf("%s: %v is outside (0, 1m]", key("leg_timeout"), d)
 	}
 	if d := time.Duration(c.IdleTimeout); d < 0 {
-		return fmt.Errorf("idle_timeout: %v is negative", d)
+		return fmt.Errorf("%s: %v is negative", key("idle_timeout"), d)
 	}
 	switch c.Fallback {
 	case FallbackDirect, FallbackReject:
 	default:
-		return fmt.Errorf("fallback: %q is neither %q nor %q", c.Fallback, FallbackDirect, FallbackReject)
+		return fmt.Errorf("%s: %q is neither %q nor %q", key("fallback"), c.Fallback, FallbackDirect, FallbackReject)
 	}
 	if m := uint32(c.Netfilter.MarkMask); m == 0 || (m>>bits.TrailingZeros32(m))&(m>>bits.TrailingZeros32(m)+1) != 0 || bits.OnesCount32(m) < 2 {
-		return fmt.Errorf("netfilter.mark_mask: %#x must be one run of at least two bits", m)
+		return fmt.Errorf("%s: %#x must be one run of at least two bits", key("netfilter.mark_mask"), m)
 	}
 	if t := c.Routing.TableBase; t < 1 || t <= 255 && t+MaxUplinks >= 252 {
-		return fmt.Errorf("routing.table_base: %d: tables %d..%d must avoid the kernel's reserved tables (0, 252-255)", t, t, t+MaxUplinks)
+		return fmt.Errorf("%s: %d: tables %d..%d must avoid the kernel's reserved tables (0, 252-255)", key("routing.table_base"), t, t, t+MaxUplinks)
 	}
 	if c.Routing.RulePref < 1 || c.Routing.RulePref+100 > 32766 {
-		return fmt.Errorf("routing.rule_pref: %d must leave room for 100 rules before the main table (32766)", c.Routing.RulePref)
+		return fmt.Errorf("%s: %d must leave room for 100 rules before the main table (32766)", key("routing.rule_pref"), c.Routing.RulePref)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log_level: %q is not debug, info, warn or error", c.LogLevel)
+		return fmt.Errorf("%s: %q is not debug, info, warn or error", key("log_level"), c.LogLevel)
 	}
 	return nil
 }

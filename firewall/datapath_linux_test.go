@@ -1,0 +1,259 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mcpagent/mcpagent/internal/netnstest"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// inNetNS runs f on a thread switched into ns; sockets f creates stay in
+// ns.
+func inNetNS(t *testing.T, ns netns.NsHandle, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			// The thread cannot be trusted any more; locked, it ends with
+			// the goroutine.
+			panic(err)
+		}
+	}()
+	f()
+}
+
+// newHost makes an anonymous network namespace linked to this one by a veth
+// pair: here is routerIf with routerAddr, there is the host's end with
+// hostAddr and a default route via routerAddr.
+func newHost(t *testing.T, routerIf, routerAddr, hostAddr string) netns.NsHandle {
+	t.Helper()
+	var ns netns.NsHandle
+	func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer orig.Close()
+		if ns, err = netns.New(); err != nil {
+			t.Fatal(err)
+		}
+		if err := netns.Set(orig); err != nil {
+			panic(err)
+		}
+	}()
+	t.Cleanup(func() { ns.Close() })
+	peer := routerIf + "p"
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: routerIf}, PeerName: peer}))
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(routerIf); err == nil {
+			netlink.LinkDel(l)
+		}
+	})
+	l, err := netlink.LinkByName(routerIf)
+	must(err)
+	a, err := netlink.ParseAddr(routerAddr)
+	must(err)
+	must(netlink.AddrAdd(l, a))
+	must(netlink.LinkSetUp(l))
+	p, err := netlink.LinkByName(peer)
+	must(err)
+	must(netlink.LinkSetNsFd(p, int(ns)))
+
+	h, err := netlink.NewHandleAt(ns)
+	must(err)
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	must(err)
+	must(h.LinkSetUp(lo))
+	p, err = h.LinkByName(peer)
+	must(err)
+	a, err = netlink.ParseAddr(hostAddr)
+	must(err)
+	must(h.AddrAdd(p, a))
+	must(h.LinkSetUp(p))
+	gw, _, err := net.ParseCIDR(routerAddr)
+	must(err)
+	must(h.RouteAdd(&netlink.Route{LinkIndex: p.Attrs().Index, Gw: gw}))
+	return ns
+}
+
+// acceptOne accepts one connection on ln and returns its local address and
+// first line, or the error.
+func acceptOne(ln net.Listener) <-chan string {
+	ch := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			ch <- err.Error()
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			ch <- fmt.Sprintf("%s read: %v", c.LocalAddr(), err)
+			return
+		}
+		ch <- fmt.Sprintf("%s %s", c.LocalAddr(), buf)
+	}()
+	return ch
+}
+
+// TestIntegrationDataPath sends real connections from a LAN host through
+// the rules, with SYN marks applied the way the agent's verdicts would:
+// unmarked SYNs flow on although nobody reads the queue; a SYN with the
+// reject mark is answered with a reset; a SYN with the convert mark, and the
+// rest of its connection, reach a transparent listener; traffic to the
+// router's own address is left alone.
+func TestIntegrationDataPath(t *testing.T) {
+	netnstest.RequireIsolatedRoot(t)
+	netnstest.RequireTool(t, programs...)
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	lan := newHost(t, "lan0", "192.168.7.1/24", "192.168.7.2/24")
+	server := newHost(t, "wan0", "198.51.100.254/24", "198.51.100.1/24")
+
+	r := testRules()
+	r.LANInterfaces = []string{"lan0"}
+	fw, err := Install(context.Background(), r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fw.Close() })
+	// Stand-ins for the agent's verdicts on SYNs to ports 81 and 82, ahead
+	// of the agent's chain (which leaves marked SYNs alone), and for package
+	// route's TPROXY routing.
+	for port, mark := range map[string]uint32{"81": r.RejectMark, "82": r.ConvertMark, "83": r.ConvertMark} {
+		spec := []string{"PREROUTING", "-i", "lan0", "-p", "tcp", "--syn", "--dport", port, "-j", "MARK", "--set-xmark", markArg(markValue{mark, r.MarkMask})}
+		cmd(t, "", append([]string{"iptables", "-w", "-t", "mangle", "-I"}, spec...)...)
+		t.Cleanup(func() { cmd(t, "", append([]string{"iptables", "-w", "-t", "mangle", "-D"}, spec...)...) })
+	}
+	mask := r.MarkMask
+	rule := netlink.NewRule()
+	rule.Priority, rule.Table, rule.Mark, rule.Mask = 100, 100, r.TProxyMark, &mask
+	if err := netlink.RuleAdd(rule); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.RuleDel(rule) })
+	local := &netlink.Route{Table: 100, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, LinkIndex: 1,
+		Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}}
+	if err := netlink.RouteAdd(local); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.RouteDel(local) })
+
+	// The server answers on 80 and 81, and would refuse 82 and 83.
+	servers := map[string]<-chan string{}
+	inNetNS(t, server, func() {
+		for _, port := range []string{"80", "81"} {
+			ln, err := net.Listen("tcp4", "198.51.100.1:"+port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			servers[port] = acceptOne(ln)
+		}
+	})
+	// The agent's transparent listener, and a service of the router.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	lc.SetMultipathTCP(false)
+	tproxy, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", r.TProxyPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tproxy.Close() })
+	service, err := net.Listen("tcp4", "192.168.7.1:83")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { service.Close() })
+
+	dial := func(addr string) error {
+		var err error
+		var c net.Conn
+		inNetNS(t, lan, func() { c, err = net.DialTimeout("tcp4", addr, 3*time.Second) })
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("hello"))
+		return err
+	}
+	get := func(ch <-chan string) string {
+		select {
+		case s := <-ch:
+			return s
+		case <-time.After(5 * time.Second):
+			return "nothing accepted"
+		}
+	}
+
+	// Nobody reads the queue: the SYN is accepted and forwarded.
+	if err := dial("198.51.100.1:80"); err != nil {
+		t.Errorf("unmarked connection through the router: %v", err)
+	} else if got := get(servers["80"]); got != "198.51.100.1:80 hello" {
+		t.Errorf("server on port 80 got %q", got)
+	}
+	// The reject mark: a reset from the router, although the server listens.
+	start := time.Now()
+	if err := dial("198.51.100.1:81"); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("connection with the reject mark: %v, want connection refused", err)
+	} else if d := time.Since(start); d > time.Second {
+		t.Errorf("reset took %v", d)
+	}
+	// The convert mark: the transparent listener gets the connection, with
+	// the original destination, and its data.
+	tproxied := acceptOne(tproxy)
+	if err := dial("198.51.100.1:82"); err != nil {
+		t.Errorf("connection with the convert mark: %v", err)
+	} else if got := get(tproxied); got != "198.51.100.1:82 hello" {
+		t.Errorf("transparent listener got %q", got)
+	}
+	// The router's own address: never diverted, even with a mark.
+	direct := acceptOne(service)
+	stray := acceptOne(tproxy)
+	if err := dial("192.168.7.1:83"); err != nil {
+		t.Errorf("connection to the router: %v", err)
+	} else if got := get(direct); got != "192.168.7.1:83 hello" {
+		t.Errorf("router's listener got %q", got)
+	}
+	tproxy.Close()
+	if got := get(stray); got == "192.168.7.1:83 hello" {
+		t.Error("the transparent listener got the connection to the router")
+	}
+}

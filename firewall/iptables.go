@@ -1,0 +1,391 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// closeTimeout bounds how long Close waits for the iptables programs, which
+// may wait for the xtables lock held by another program.
+const closeTimeout = 30 * time.Second
+
+// runner runs a program, args[0], with stdin as its standard input (none if
+// empty), and returns its standard output. Errors name the command and carry
+// its standard error. It exists so tests can record commands instead of
+// running them.
+type runner interface {
+	run(ctx context.Context, stdin string, args ...string) (string, error)
+}
+
+// family names the iptables programs of one address family.
+type family struct {
+	name, iptables, restore string
+}
+
+func familyOf(v6 bool) family {
+	if v6 {
+		return family{"IPv6", "ip6tables", "ip6tables-restore"}
+	}
+	return family{"IPv4", "iptables", "iptables-restore"}
+}
+
+// Firewall is the rule set Install installed. Its methods are safe for
+// concurrent use.
+type Firewall struct {
+	run    runner
+	log    *slog.Logger
+	chains []chain
+
+	mu     sync.Mutex
+	closed bool
+}
+
+// install is Install with the command runner as a parameter.
+func install(ctx context.Context, r Rules, logger *slog.Logger, run runner) (*Firewall, error) {
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid rules: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(discardHandler{})
+	}
+	f := &Firewall{run: run, log: logger, chains: ruleset(r)}
+	for i, v6 := range []bool{false, true} {
+		if err := f.installFamily(ctx, familyOf(v6)); err != nil {
+			if i > 0 {
+				// Do not leave IPv4 intercepted while IPv6 is not.
+				if rerr := f.removeFamily(ctx, familyOf(false)); rerr != nil {
+					err = errors.Join(err, rerr)
+				}
+			}
+			return nil, err
+		}
+	}
+	f.log.Info("netfilter rules installed", "lan", r.LANInterfaces, "queue", r.Queue, "tproxy_port", r.TProxyPort)
+	return f, nil
+}
+
+// installFamily replaces, in one iptables-restore transaction, whatever a
+// previous run left with the rules of f. Declaring a chain that exists
+// flushes it, so only the jumps into the agent's chains need deleting.
+func (f *Firewall) installFamily(ctx context.Context, fam family) error {
+	sections := installSections(f.chains)
+	stale := 0
+	for i, s := range sections {
+		listing, err := f.run.run(ctx, "", fam.iptables, "-w", "-t", s.table, "-S")
+		if err != nil {
+			return fmt.Errorf("list %s %s table: %w", fam.name, s.table, err)
+		}
+		jumps, _, err := findOurs(listing, chainsIn(f.chains, s.table))
+		if err != nil {
+			return fmt.Errorf("parse %s %s table: %w", fam.name, s.table, err)
+		}
+		stale += len(jumps)
+		sections[i].lines = append(jumps, s.lines...)
+	}
+	if stale > 0 {
+		f.log.Info("replacing rules left by a previous run", "family", fam.name, "jumps", stale)
+	}
+	if _, err := f.run.run(ctx, renderScript(fam, sections), fam.restore, "-w", "--noflush"); err != nil {
+		return fmt.Errorf("load %s rules: %w", fam.name, err)
+	}
+	return nil
+}
+
+// removeFamily deletes the jumps into the agent's chains and the chains, as
+// iptables lists them now, in one transaction.
+func (f *Firewall) removeFamily(ctx context.Context, fam family) error {
+	var sections []section
+	for _, table := range tablesOf(f.chains) {
+		listing, err := f.run.run(ctx, "", fam.iptables, "-w", "-t", table, "-S")
+		if err != nil {
+			return fmt.Errorf("list %s %s table: %w", fam.name, table, err)
+		}
+		jumps, chains, err := findOurs(listing, chainsIn(f.chains, table))
+		if err != nil {
+			return fmt.Errorf("parse %s %s table: %w", fam.name, table, err)
+		}
+		lines := jumps
+		for _, c := range chains {
+			lines = append(lines, "-F "+c)
+		}
+		for _, c := range chains {
+			lines = append(lines, "-X "+c)
+		}
+		if len(lines) > 0 {
+			sections = append(sections, section{table, lines})
+		}
+	}
+	if len(sections) == 0 {
+		return nil
+	}
+	if _, err := f.run.run(ctx, renderScript(fam, sections), fam.restore, "-w", "--noflush"); err != nil {
+		return fmt.Errorf("remove %s rules: %w", fam.name, err)
+	}
+	return nil
+}
+
+// Close removes the agent's chains and the jumps into them, for both
+// address families. Only the first call does anything; later calls return
+// nil.
+func (f *Firewall) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	f.closed = true
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	var errs []error
+	for _, v6 := range []bool{false, true} {
+		errs = append(errs, f.removeFamily(ctx, familyOf(v6)))
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		f.log.Info("netfilter rules removed")
+	}
+	return err
+}
+
+// IPTablesRestore returns the input for iptables-restore --noflush (v6
+// false) or ip6tables-restore --noflush (v6 true) that declares the agent's
+// chains, fills them and inserts the jumps into them at the top of the
+// built-in chains. r must be valid (see Validate). The output is
+// deterministic.
+//
+// Loading it twice duplicates the jumps; Install removes old jumps first.
+func IPTablesRestore(r Rules, v6 bool) string {
+	return renderScript(familyOf(v6), installSections(ruleset(r)))
+}
+
+// section is one table's part of an iptables-restore script.
+type section struct {
+	table string
+	lines []string
+}
+
+func renderScript(fam family, sections []section) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# mcpagent %s rules\n", fam.name)
+	for _, s := range sections {
+		fmt.Fprintf(&b, "*%s\n", s.table)
+		for _, l := range s.lines {
+			b.WriteString(l)
+			b.WriteByte('\n')
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+// iptables places each hook's chains in a table and enters them from a
+// built-in chain.
+func tableOf(h hook) (table, builtin string) {
+	switch h {
+	case hookPrerouting:
+		return "mangle", "PREROUTING"
+	case hookForward:
+		return "filter", "FORWARD"
+	}
+	panic(fmt.Sprintf("firewall: unknown hook %d", h))
+}
+
+// tablesOf returns the tables of chains in order of first use.
+func tablesOf(chains []chain) []string {
+	var tables []string
+	for _, c := range chains {
+		t, _ := tableOf(c.hook)
+		if !slices.Contains(tables, t) {
+			tables = append(tables, t)
+		}
+	}
+	return tables
+}
+
+// chainsIn returns the names of the chains in table.
+func chainsIn(chains []chain, table string) map[string]bool {
+	names := map[string]bool{}
+	for _, c := range chains {
+		if t, _ := tableOf(c.hook); t == table {
+			names[c.name] = true
+		}
+	}
+	return names
+}
+
+// installSections renders chains: per table, the chain declarations, their
+// rules, then the jumps from the built-in chains, inserted at the top in
+// order so that the agent sees packets before other rules can accept them.
+func installSections(chains []chain) []section {
+	var sections []section
+	for _, table := range tablesOf(chains) {
+		var decls, rules, jumps []string
+		for _, c := range chains {
+			t, builtin := tableOf(c.hook)
+			if t != table {
+				continue
+			}
+			decls = append(decls, ":"+c.name+" - [0:0]")
+			for _, r := range c.rules {
+				rules = append(rules, ruleLine("-A "+c.name, r))
+			}
+			for _, m := range c.entry {
+				pos := "-I " + builtin + " " + strconv.Itoa(len(jumps)+1)
+				jumps = append(jumps, ruleLine(pos, rule{m, action{kind: actJump, chain: c.name}}))
+			}
+		}
+		lines := append(append(decls, rules...), jumps...)
+		sections = append(sections, section{table, lines})
+	}
+	return sections
+}
+
+func ruleLine(prefix string, r rule) string {
+	args := append(matchArgs(r.match), actionArgs(r.action)...)
+	return prefix + " " + strings.Join(args, " ")
+}
+
+func matchArgs(m match) []string {
+	var a []string
+	if m.inInterface != "" {
+		a = append(a, "-i", m.inInterface)
+	}
+	if m.tcp || m.syn {
+		a = append(a, "-p", "tcp")
+	}
+	if m.syn {
+		a = append(a, "--syn")
+	}
+	if m.dstLocal {
+		a = append(a, "-m", "addrtype", "--dst-type", "LOCAL")
+	}
+	if m.transparentSocket {
+		a = append(a, "-m", "socket", "--transparent")
+	}
+	if m.mark != nil {
+		a = append(a, "-m", "mark", "--mark", markArg(*m.mark))
+	}
+	return a
+}
+
+func actionArgs(a action) []string {
+	switch a.kind {
+	case actJump:
+		return []string{"-j", a.chain}
+	case actReturn:
+		return []string{"-j", "RETURN"}
+	case actAccept:
+		return []string{"-j", "ACCEPT"}
+	case actSetMark:
+		return []string{"-j", "MARK", "--set-xmark", markArg(a.mark)}
+	case actQueue:
+		return []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(a.queue)), "--queue-bypass"}
+	case actTProxy:
+		return []string{"-j", "TPROXY", "--on-port", strconv.Itoa(int(a.port)), "--tproxy-mark", markArg(a.mark)}
+	case actRejectWithReset:
+		return []string{"-j", "REJECT", "--reject-with", "tcp-reset"}
+	}
+	panic(fmt.Sprintf("firewall: unknown action %d", a.kind))
+}
+
+// markArg formats a mark the way iptables-save prints it.
+func markArg(m markValue) string { return fmt.Sprintf("%#x/%#x", m.value, m.mask) }
+
+// maxListing bounds the iptables -S output findOurs accepts.
+const maxListing = 16 << 20
+
+// findOurs reads the output of iptables -S for one table and returns the
+// commands that delete every rule of another chain jumping to (or going to)
+// one of ours, and the names of ours that exist, in listing order.
+func findOurs(listing string, ours map[string]bool) (deletions, chains []string, err error) {
+	if len(listing) > maxListing {
+		return nil, nil, fmt.Errorf("listing of %d bytes is too long", len(listing))
+	}
+	for n, line := range strings.Split(listing, "\n") {
+		args, err := splitArgs(line)
+		if err != nil {
+			return nil, nil, fmt.Errorf("line %d: %w", n+1, err)
+		}
+		if len(args) < 2 {
+			continue
+		}
+		switch args[0] {
+		case "-N":
+			if ours[args[1]] {
+				chains = append(chains, args[1])
+			}
+		case "-A":
+			if !ours[args[1]] && ours[target(args)] {
+				// Keep iptables' own quoting of the rule.
+				deletions = append(deletions, "-D"+strings.TrimSpace(line)[len("-A"):])
+			}
+		}
+	}
+	return deletions, chains, nil
+}
+
+// target returns the chain a rule jumps or goes to, or "".
+func target(args []string) string {
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "-j", "--jump", "-g", "--goto":
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// splitArgs splits one line of iptables -S output into arguments the way
+// iptables-restore does: on blanks, with double quotes grouping and
+// backslash escaping a quote or backslash inside them.
+func splitArgs(line string) ([]string, error) {
+	var (
+		args    []string
+		cur     strings.Builder
+		inArg   bool
+		inQuote bool
+	)
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case inQuote && c == '\\' && i+1 < len(line) && (line[i+1] == '"' || line[i+1] == '\\'):
+			i++
+			cur.WriteByte(line[i])
+		case c == '"':
+			inQuote = !inQuote
+			inArg = true
+		case !inQuote && (c == ' ' || c == '\t' || c == '\r'):
+			if inArg {
+				args = append(args, cur.String())
+				cur.Reset()
+				inArg = false
+			}
+		default:
+			cur.WriteByte(c)
+			inArg = true
+		}
+	}
+	if inQuote {
+		return nil, errors.New("unterminated quote")
+	}
+	if inArg {
+		args = append(args, cur.String())
+	}
+	return args, nil
+}
+
+// discardHandler is a slog.Handler that drops everything (slog.DiscardHandler
+// needs Go 1.24).
+type discardHandler struct{}
+
+func (discardHandler) Enabled(context.Context, slog.Level) bool  { return false }
+func (discardHandler) Handle(context.Context, slog.Record) error { return nil }
+func (d discardHandler) WithAttrs([]slog.Attr) slog.Handler      { return d }
+func (d discardHandler) WithGroup(string) slog.Handler           { return d }

@@ -1,0 +1,9 @@
+package firewall
+
+import (
+	"testing"
+
+	"github.com/mcpagent/mcpagent/internal/netnstest"
+)
+
+func TestMain(m *testing.M) { netnstest.Main(m) }
