@@ -1,0 +1,117 @@
+// Command mcpgw is the downstream Multipath Conversion Point: it accepts
+// Multipath TCP legs from mcpagent routers, reads the MP_CONVERT header
+// that names each leg's destination, connects to it and relays.
+//
+// Usage:
+//
+//	mcpgw [-listen ADDR:PORT]... [-deny CIDR]... [-allow-local CIDR]...
+//	      [-max-conns-per-client N] [-max-subflows N] [-idle-timeout D]
+//	      [-log-level debug|info] [-version]
+//
+// It runs until SIGINT or SIGTERM and then exits with status 0.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mcpagent/mcpagent/mcpgw"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "mcpgw:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("mcpgw", flag.ExitOnError)
+	var (
+		listen     listFlag[netip.AddrPort]
+		deny       listFlag[netip.Prefix]
+		allowLocal listFlag[netip.Prefix]
+	)
+	listen.parse, deny.parse, allowLocal.parse = netip.ParseAddrPort, netip.ParsePrefix, netip.ParsePrefix
+	fs.Var(&listen, "listen", "`ADDR:PORT` to accept legs on; repeatable (default 0.0.0.0:5124 and [::]:5124)")
+	fs.Var(&deny, "deny", "destination `CIDR` never connected to; repeatable")
+	fs.Var(&allowLocal, "allow-local", "`CIDR` of this host's own addresses that clients may reach; repeatable")
+	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client address")
+	maxSubflows := fs.Uint("max-subflows", mcpgw.DefaultMaxSubflows, "additional subflows per MPTCP connection")
+	idle := fs.Duration("idle-timeout", 2*time.Hour, "close legs idle for this long (0: never)")
+	logLevel := fs.String("log-level", "info", "debug or info")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Parse(args) // exits on error
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if *showVersion {
+		fmt.Println("mcpgw", version)
+		return nil
+	}
+	var level slog.Level
+	switch *logLevel {
+	case "debug":
+		level = slog.LevelDebug
+	case "info":
+		level = slog.LevelInfo
+	default:
+		return fmt.Errorf("-log-level %q: want debug or info", *logLevel)
+	}
+	if *maxSubflows > mcpgw.MaxSubflows {
+		return fmt.Errorf("-max-subflows %d: at most %d", *maxSubflows, mcpgw.MaxSubflows)
+	}
+	if len(listen.vals) == 0 {
+		listen.vals = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:5124"), netip.MustParseAddrPort("[::]:5124")}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	srv, err := mcpgw.New(mcpgw.Config{
+		Listen:            listen.vals,
+		Deny:              deny.vals,
+		AllowLocal:        allowLocal.vals,
+		MaxConnsPerClient: *maxConns,
+		MaxSubflows:       uint32(*maxSubflows),
+		IdleTimeout:       *idle,
+		Logger:            log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return srv.Serve(ctx)
+}
+
+// listFlag is a repeatable flag of values that parse decodes.
+type listFlag[T fmt.Stringer] struct {
+	vals  []T
+	parse func(string) (T, error)
+}
+
+func (f *listFlag[T]) String() string {
+	s := make([]string, len(f.vals))
+	for i, v := range f.vals {
+		s[i] = v.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (f *listFlag[T]) Set(s string) error {
+	v, err := f.parse(s)
+	if err != nil {
+		return err
+	}
+	f.vals = append(f.vals, v)
+	return nil
+}

@@ -1,0 +1,540 @@
+package mcpgw
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mcpagent/mcpagent/mptcpleg"
+	"github.com/mcpagent/mcpagent/relay"
+)
+
+// Defaults for the Config fields left zero.
+const (
+	DefaultMaxConnsPerClient = 256
+	// DefaultMaxSubflows lets an upstream MCP with two uplinks join its
+	// second subflow, with one spare for a subflow re-created after an
+	// uplink's address changed while the old one is still closing.
+	DefaultMaxSubflows   = 2
+	DefaultHeaderTimeout = 5 * time.Second
+	DefaultDialTimeout   = 10 * time.Second
+)
+
+// MaxSubflows is the largest subflow limit the kernel accepts
+// (MPTCP_PM_ADDR_MAX in net/mptcp/pm_netlink.c).
+const MaxSubflows = 8
+
+const (
+	// fastOpenQueueLen bounds the Fast Open requests that wait for Accept.
+	fastOpenQueueLen = 256
+	// ownAddrsMaxAge bounds how stale the snapshot of the host's own
+	// addresses may be when a destination is checked.
+	ownAddrsMaxAge = time.Second
+)
+
+// Config configures a Server. Zero durations and limits mean the defaults.
+type Config struct {
+	// Listen are the addresses to accept legs on; at least one. Port 0
+	// picks a free port (see Addrs). An IPv6 address listens for IPv6
+	// only; an IPv4-mapped one is taken as the IPv4 address.
+	Listen []netip.AddrPort
+	// Deny are destination prefixes never connected to, on top of the
+	// fixed classes (loopback, multicast, broadcast, unspecified,
+	// link-local). IPv4-mapped prefixes also match the IPv4 addresses.
+	Deny []netip.Prefix
+	// AllowLocal are prefixes of the host's own addresses that clients may
+	// nevertheless reach, for a service that runs on the MCP host. It never
+	// overrides Deny or the fixed classes.
+	AllowLocal []netip.Prefix
+	// MaxConnsPerClient bounds the legs open at once from one client IP
+	// address, in any phase; a leg over the limit is torn down at once.
+	// Default DefaultMaxConnsPerClient.
+	MaxConnsPerClient int
+	// MaxSubflows is the path manager's limit of additional subflows per
+	// MPTCP connection, set in Serve's network namespace (§9.2). At most
+	// MaxSubflows; default DefaultMaxSubflows.
+	MaxSubflows uint32
+	// HeaderTimeout bounds the wait for a complete MP_CONVERT header.
+	// Default DefaultHeaderTimeout.
+	HeaderTimeout time.Duration
+	// DialTimeout bounds the connection to the destination. Default
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+	// IdleTimeout resets a relayed leg and its server connection after
+	// this long without a byte either way; zero means never.
+	IdleTimeout time.Duration
+	// Logger receives the logs; nil discards them. Per-leg events are at
+	// Debug, starting and stopping at Info.
+	Logger *slog.Logger
+	// Dial connects to a destination; network is "tcp" and addr an
+	// ip:port. It must return a *net.TCPConn. Nil means a net.Dialer with
+	// Multipath TCP off.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Stats are a Server's counters since New.
+type Stats struct {
+	// Accepted counts the legs accepted.
+	Accepted uint64
+	// Converted counts the legs handed to the relay after the
+	// destination accepted the connection.
+	Converted uint64
+	// Fallback counts the accepted legs that are plain TCP, not MPTCP.
+	Fallback uint64
+	// TornDown counts the legs closed abortively, by reason; nil if none.
+	TornDown map[Reason]uint64
+	// Active is the number of legs open now, in any phase.
+	Active int
+}
+
+// Server is a downstream MCP. Its methods are safe for concurrent use.
+type Server struct {
+	cfg   Config // defaults filled in, prefixes normalized
+	log   *slog.Logger
+	dial  func(ctx context.Context, network, addr string) (net.Conn, error)
+	own   *ownAddrs
+	ready chan struct{}
+
+	served    atomic.Bool
+	accepted  atomic.Uint64
+	converted atomic.Uint64
+	fallback  atomic.Uint64
+
+	mu       sync.Mutex
+	addrs    []netip.AddrPort   // bound listen addresses, set once ready
+	perIP    map[netip.Addr]int // open legs per client address
+	active   int                // open legs
+	tornDown map[Reason]uint64
+}
+
+// New checks cfg and returns a Server; it opens nothing.
+func New(cfg Config) (*Server, error) {
+	if len(cfg.Listen) == 0 {
+		return nil, errors.New("no listen address")
+	}
+	listen := make([]netip.AddrPort, 0, len(cfg.Listen))
+	for _, ap := range cfg.Listen {
+		if !ap.Addr().IsValid() {
+			return nil, fmt.Errorf("invalid listen address %v", ap)
+		}
+		listen = append(listen, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+	cfg.Listen = listen
+	var err error
+	if cfg.Deny, err = normPrefixes("deny", cfg.Deny); err != nil {
+		return nil, err
+	}
+	if cfg.AllowLocal, err = normPrefixes("allow-local", cfg.AllowLocal); err != nil {
+		return nil, err
+	}
+	switch {
+	case cfg.MaxConnsPerClient < 0:
+		return nil, fmt.Errorf("max conns per client %d is negative", cfg.MaxConnsPerClient)
+	case cfg.MaxSubflows > MaxSubflows:
+		return nil, fmt.Errorf("max subflows %d is over the kernel's limit %d", cfg.MaxSubflows, MaxSubflows)
+	case cfg.HeaderTimeout < 0 || cfg.DialTimeout < 0 || cfg.IdleTimeout < 0:
+		return nil, errors.New("negative timeout")
+	}
+	if cfg.MaxConnsPerClient == 0 {
+		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
+	}
+	if cfg.MaxSubflows == 0 {
+		cfg.MaxSubflows = DefaultMaxSubflows
+	}
+	if cfg.HeaderTimeout == 0 {
+		cfg.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		dial:     cfg.Dial,
+		ready:    make(chan struct{}),
+		perIP:    make(map[netip.Addr]int),
+		tornDown: make(map[Reason]uint64),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if s.dial == nil {
+		var d net.Dialer
+		d.SetMultipathTCP(false)
+		s.dial = d.DialContext
+	}
+	s.own = &ownAddrs{list: net.InterfaceAddrs}
+	for _, ap := range cfg.Listen {
+		s.own.extra = append(s.own.extra, ap.Addr())
+	}
+	return s, nil
+}
+
+func normPrefixes(what string, ps []netip.Prefix) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("invalid %s prefix %v", what, p)
+		}
+		out = append(out, normPrefix(p))
+	}
+	return out, nil
+}
+
+// Ready returns a channel that is closed once Serve listens on every
+// address.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addrs returns the addresses Serve listens on, with the ports it bound;
+// nil until Ready is closed.
+func (s *Server) Addrs() []netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]netip.AddrPort(nil), s.addrs...)
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	st := Stats{Accepted: s.accepted.Load(), Converted: s.converted.Load(), Fallback: s.fallback.Load()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.Active = s.active
+	for r, n := range s.tornDown {
+		if st.TornDown == nil {
+			st.TornDown = make(map[Reason]uint64)
+		}
+		st.TornDown[r] = n
+	}
+	return st
+}
+
+// Serve prepares the kernel (see the package doc), listens on every
+// Config.Listen address and serves legs until ctx ends; then it closes the
+// listeners, tears down the legs not yet relayed, closes the relays, waits
+// for all of it and returns nil. It returns an error if it cannot start or
+// a listener fails. Serve may be called once.
+func (s *Server) Serve(ctx context.Context) error {
+	if !s.served.CompareAndSwap(false, true) {
+		return errors.New("mcpgw: Serve called twice")
+	}
+	if err := prepareKernel(s.cfg.MaxSubflows); err != nil {
+		return err
+	}
+	if _, err := s.own.get(time.Now()); err != nil {
+		return err
+	}
+	rl, err := relay.New(relay.Config{IdleTimeout: s.cfg.IdleTimeout, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("start relay: %w", err)
+	}
+	var lns []*net.TCPListener
+	closeAll := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	for _, ap := range s.cfg.Listen {
+		ln, err := mptcpleg.Listen(ap, fastOpenQueueLen)
+		if err != nil {
+			closeAll()
+			rl.Close()
+			return fmt.Errorf("listen on %s: %w", ap, err)
+		}
+		lns = append(lns, ln)
+	}
+	s.mu.Lock()
+	for _, ln := range lns {
+		s.addrs = append(s.addrs, ln.Addr().(*net.TCPAddr).AddrPort())
+	}
+	s.mu.Unlock()
+	for _, ap := range s.Addrs() {
+		s.log.Info("mcpgw listening on "+ap.String(), "addr", ap.String())
+	}
+	close(s.ready)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(lns))
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.acceptLoop(ctx, ln, rl, &wg); err != nil {
+				errc <- err
+				cancel()
+			}
+		}()
+	}
+	<-ctx.Done()
+	closeAll()
+	wg.Wait()
+	rl.Close()
+	s.log.Info("mcpgw stopped")
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// acceptLoop accepts legs from ln until ctx ends, starting handleLeg for
+// each in wg. It returns an error only if ln fails for another reason.
+func (s *Server) acceptLoop(ctx context.Context, ln *net.TCPListener, rl *relay.Relay, wg *sync.WaitGroup) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			// Out of file descriptors or memory: wait, as net/http does.
+			var ne net.Error
+			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept", "addr", ln.Addr().String(), "err", err)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		s.accepted.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.handleLeg(ctx, c, rl)
+		}()
+	}
+}
+
+// handleLeg reads the leg's header, checks the destination, connects to it
+// and hands both connections to rl, or tears the leg down.
+func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay) {
+	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	client := remote.Addr().Unmap()
+	log := s.log.With("client", remote.String())
+	if !s.admit(client) {
+		s.teardown(log, c, netip.Addr{}, ReasonClientLimit, nil)
+		return
+	}
+	fail := func(reason Reason, err error) { s.teardown(log, c, client, reason, err) }
+	mptcp, err := mptcpleg.IsMPTCP(c)
+	if err != nil {
+		log.Debug("cannot tell whether the leg is MPTCP", "err", err)
+	}
+	if !mptcp {
+		s.fallback.Add(1)
+	}
+	log = log.With("mptcp", mptcp)
+
+	localPort := c.LocalAddr().(*net.TCPAddr).AddrPort().Port()
+	opts, extra, reason, err := s.readHeader(ctx, c)
+	if reason != "" {
+		fail(reason, err)
+		return
+	}
+	dst, reason := destination(opts, localPort)
+	if reason != "" {
+		fail(reason, nil)
+		return
+	}
+	log = log.With("dst", dst.String())
+	for _, o := range opts {
+		if o.Source {
+			log.Debug("source option ignored", "src", netip.AddrPortFrom(o.Addr, o.Port).String())
+		}
+	}
+	own, err := s.own.get(time.Now())
+	if err != nil {
+		log.Warn("cannot refresh own addresses; using the last list", "err", err)
+	}
+	if reason := checkDestination(dst.Addr(), own, s.cfg.Deny, s.cfg.AllowLocal); reason != "" {
+		fail(reason, nil)
+		return
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	nc, err := s.dial(dctx, "tcp", dst.String())
+	cancel()
+	if err != nil {
+		fail(s.failReason(ctx, ReasonDialFailed), err)
+		return
+	}
+	sc, ok := nc.(*net.TCPConn)
+	if !ok {
+		nc.Close()
+		fail(ReasonDialFailed, fmt.Errorf("dial returned %T, not *net.TCPConn", nc))
+		return
+	}
+	if len(extra) > 0 {
+		if _, err := sc.Write(extra); err != nil {
+			abort(sc)
+			fail(s.failReason(ctx, ReasonDialFailed), fmt.Errorf("write SYN data: %w", err))
+			return
+		}
+	}
+	err = rl.Add(c, sc, func(st relay.Stats) {
+		s.release(client)
+		log.Debug("leg closed", "up", st.AtoB, "down", st.BtoA, "reset", st.Reset, "idle", st.Idle)
+	})
+	if err != nil {
+		// Add did not take the connections: done will not be called.
+		abort(sc)
+		fail(ReasonShutdown, err)
+		return
+	}
+	s.converted.Add(1)
+	log.Debug("leg relayed")
+}
+
+// failReason returns ReasonShutdown if ctx ended, else r.
+func (s *Server) failReason(ctx context.Context, r Reason) Reason {
+	if ctx.Err() != nil {
+		return ReasonShutdown
+	}
+	return r
+}
+
+// readHeader reads from c until its first bytes are a complete MP_CONVERT
+// header, within HeaderTimeout; it reads no more than MaxHeaderLen bytes.
+// extra are the bytes read after the header: data of the original SYN.
+// It returns a non-empty Reason if the leg must be torn down.
+func (s *Server) readHeader(ctx context.Context, c *net.TCPConn) (opts []mptcpleg.Option, extra []byte, r Reason, err error) {
+	if err := c.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout)); err != nil {
+		return nil, nil, ReasonReadError, err
+	}
+	// On shutdown, unblock the read at once.
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
+	var buf [mptcpleg.MaxHeaderLen]byte
+	n := 0
+	for {
+		m, rerr := c.Read(buf[n:])
+		n += m
+		if m > 0 {
+			opts, hl, perr := mptcpleg.ParseHeader(buf[:n])
+			if perr == nil {
+				if !stop() {
+					return nil, nil, ReasonShutdown, nil
+				}
+				if err := c.SetReadDeadline(time.Time{}); err != nil {
+					return nil, nil, ReasonReadError, err
+				}
+				return opts, append([]byte(nil), buf[hl:n]...), "", nil
+			}
+			if !errors.Is(perr, mptcpleg.ErrTruncated) {
+				stop()
+				return nil, nil, headerReason(perr), perr
+			}
+			if n == len(buf) { // cannot happen with a correct ParseHeader
+				stop()
+				return nil, nil, ReasonMalformed, perr
+			}
+		}
+		if rerr != nil {
+			stop()
+			switch {
+			case ctx.Err() != nil:
+				return nil, nil, ReasonShutdown, nil
+			case errors.Is(rerr, os.ErrDeadlineExceeded):
+				return nil, nil, ReasonHeaderTimeout, nil
+			case errors.Is(rerr, io.EOF):
+				return nil, nil, ReasonHeaderTruncated, nil
+			}
+			return nil, nil, ReasonReadError, rerr
+		}
+	}
+}
+
+// admit counts a new leg from client, unless client is at the limit.
+func (s *Server) admit(client netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perIP[client] >= s.cfg.MaxConnsPerClient {
+		return false
+	}
+	s.perIP[client]++
+	s.active++
+	return true
+}
+
+// release uncounts a leg that admit counted.
+func (s *Server) release(client netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.releaseLocked(client)
+}
+
+// releaseLocked is release with s.mu held.
+func (s *Server) releaseLocked(client netip.Addr) {
+	s.active--
+	if s.perIP[client]--; s.perIP[client] <= 0 {
+		delete(s.perIP, client)
+	}
+}
+
+// teardown closes the leg c abortively, counts it under reason and logs
+// why. If client is valid, it first uncounts the leg that admit counted
+// for client. The counters change before the reset goes out, so a client
+// that sees the reset sees them updated and may open its next leg at once.
+func (s *Server) teardown(log *slog.Logger, c *net.TCPConn, client netip.Addr, reason Reason, err error) {
+	s.mu.Lock()
+	s.tornDown[reason]++
+	if client.IsValid() {
+		s.releaseLocked(client)
+	}
+	s.mu.Unlock()
+	abort(c)
+	if err != nil {
+		log.Debug("leg torn down", "reason", string(reason), "err", err)
+	} else {
+		log.Debug("leg torn down", "reason", string(reason))
+	}
+}
+
+// abort closes c with a reset: SO_LINGER 0, which on an MPTCP socket sends
+// MP_FASTCLOSE.
+func abort(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+// ownAddrs keeps a snapshot of the host's own addresses no older than
+// ownAddrsMaxAge. Safe for concurrent use.
+type ownAddrs struct {
+	list  func() ([]net.Addr, error)
+	extra []netip.Addr
+
+	mu  sync.Mutex
+	set addrSet
+	at  time.Time
+}
+
+// get returns the snapshot, refreshed first if it is stale. If the refresh
+// fails it returns the previous snapshot and the error.
+func (o *ownAddrs) get(now time.Time) (addrSet, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.at.IsZero() && now.Sub(o.at) < ownAddrsMaxAge {
+		return o.set, nil
+	}
+	ifaddrs, err := o.list()
+	if err != nil {
+		return o.set, fmt.Errorf("list own addresses: %w", err)
+	}
+	o.set, o.at = newAddrSet(ifaddrs, o.extra), now
+	return o.set, nil
+}
