@@ -1,0 +1,238 @@
+//go:build linux
+
+package intercept
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	nfqueue "github.com/florianl/go-nfqueue/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// copyRange is how much of each packet the kernel copies to us: the
+	// longest IPv4 header (60 bytes) or the IPv6 header (40) plus the
+	// longest TCP header (60). ParseSYN needs nothing beyond.
+	copyRange = 128
+	// rcvBufPerPacket is the socket receive buffer reserved per queue
+	// slot. A packet message is under 300 bytes, but netlink charges the
+	// buffer with each message's truesize, about 1 KiB here.
+	rcvBufPerPacket = 2048
+	// msgPacket is the netlink message type of a queued packet:
+	// NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
+	// (include/uapi/linux/netfilter/nfnetlink_queue.h).
+	msgPacket = 3<<8 | 0
+)
+
+// Open binds NFQUEUE cfg.Queue and starts the receive loop that hands its
+// SYNs to cfg.Handler. It needs CAP_NET_ADMIN in the network namespace of
+// the queue. It fails if another socket has bound the queue.
+//
+// The queue is bound in copy-packet mode with a copy range of 128 bytes,
+// with the kernel flags FAIL_OPEN (a full queue or receive buffer accepts
+// packets instead of dropping them) and GSO, and with cfg.MaxQueueLen
+// slots. SYNs that the kernel queues while Open configures the queue are
+// accepted without the Handler when the next SYN arrives.
+func Open(cfg Config) (*Interceptor, error) {
+	i, err := newInterceptor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	q := &nfQueue{i: i}
+	q.nf, err = nfqueue.Open(&nfqueue.Config{
+		NfQueue:      cfg.Queue,
+		MaxQueueLen:  i.cfg.MaxQueueLen,
+		MaxPacketLen: copyRange,
+		Copymode:     nfqueue.NfQnlCopyPacket,
+		Flags:        nfqueue.NfQaCfgFlagFailOpen | nfqueue.NfQaCfgFlagGSO,
+		AfFamily:     unix.AF_UNSPEC,
+		Logger:       nfLogger{q},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open netfilter queue socket: %w", err)
+	}
+	if err := q.setup(); err != nil {
+		q.nf.Close()
+		return nil, fmt.Errorf("set up netfilter queue socket: %w", err)
+	}
+	var ctx context.Context
+	ctx, q.cancel = context.WithCancel(context.Background())
+	i.q = q
+	if err := q.nf.RegisterWithErrorFunc(ctx, q.hook, q.receiveError); err != nil {
+		q.cancel()
+		q.nf.Close()
+		if errors.Is(err, unix.EPERM) {
+			// nfnetlink answers EPERM both to a caller without the
+			// capability and for a queue that another socket has bound.
+			return nil, fmt.Errorf("bind netfilter queue %d (needs CAP_NET_ADMIN and a queue no other socket has bound): %w", cfg.Queue, err)
+		}
+		return nil, fmt.Errorf("bind netfilter queue %d: %w", cfg.Queue, err)
+	}
+	if err := q.nf.Con.RemoveBPF(); err != nil {
+		q.close()
+		return nil, fmt.Errorf("remove the socket filter of netfilter queue %d: %w", cfg.Queue, err)
+	}
+	return i, nil
+}
+
+// nfQueue is the queue of an Interceptor on Linux.
+type nfQueue struct {
+	i       *Interceptor
+	nf      *nfqueue.Nfqueue
+	cancel  context.CancelFunc // stops the receive loop
+	closing atomic.Bool
+	started bool // the receive loop has seen a packet; only the loop uses it
+}
+
+// setup prepares the socket before the queue is bound:
+//
+// It sizes the receive buffer for a full queue and turns off ENOBUFS
+// reports: with FAIL_OPEN, a packet that did not fit the buffer has already
+// been accepted, so there is nothing to recover; the kernel counts such
+// packets in /proc/net/netfilter/nfnetlink_queue.
+//
+// It attaches a socket filter that drops packet messages until Open removes
+// it. The kernel queues packets from the moment the queue is bound, while
+// go-nfqueue still sends configuration requests and reads one reply to
+// each: a packet message read in place of a reply would fail Open. The
+// kernel holds the packets whose messages the filter dropped; hook accepts
+// them.
+func (q *nfQueue) setup() error {
+	if err := q.nf.SetOption(netlink.NoENOBUFS, true); err != nil {
+		return fmt.Errorf("set NETLINK_NO_ENOBUFS: %w", err)
+	}
+	rc, err := q.nf.Con.SyscallConn()
+	if err != nil {
+		return err
+	}
+	size := int(q.i.cfg.MaxQueueLen) * rcvBufPerPacket
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		// SO_RCVBUFFORCE passes net.core.rmem_max; it needs
+		// CAP_NET_ADMIN in the initial user namespace.
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		// In a container, take what rmem_max allows.
+		if err := q.nf.Con.SetReadBuffer(size); err != nil {
+			return fmt.Errorf("set receive buffer to %d bytes: %w", size, err)
+		}
+	}
+	filter, err := bpf.Assemble(dropPacketMessages())
+	if err != nil {
+		return err
+	}
+	if err := q.nf.Con.SetBPF(filter); err != nil {
+		return fmt.Errorf("attach socket filter: %w", err)
+	}
+	return nil
+}
+
+// dropPacketMessages is a socket filter that drops netlink messages of
+// type msgPacket and keeps the others.
+func dropPacketMessages() []bpf.Instruction {
+	// nlmsg_type is in host byte order; BPF loads in network byte order.
+	var typ [2]byte
+	binary.NativeEndian.PutUint16(typ[:], msgPacket)
+	return []bpf.Instruction{
+		bpf.LoadAbsolute{Off: 4, Size: 2}, // struct nlmsghdr: len (4), type (2)
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(binary.BigEndian.Uint16(typ[:])), SkipTrue: 1},
+		bpf.RetConstant{Val: 0xffff_ffff}, // keep the whole message
+		bpf.RetConstant{Val: 0},           // drop it
+	}
+}
+
+// hook is the receive loop's callback for each queued packet.
+func (q *nfQueue) hook(a nfqueue.Attribute) int {
+	if a.PacketID == nil {
+		q.i.log.Error("queued packet without an id", "queue", q.i.cfg.Queue)
+		return 0
+	}
+	id := *a.PacketID
+	if !q.started {
+		q.started = true
+		q.acceptFiltered(id)
+	}
+	var mark uint32
+	if a.Mark != nil { // the kernel sends the mark only when it is not 0
+		mark = *a.Mark
+	}
+	var pkt []byte
+	if a.Payload != nil {
+		pkt = *a.Payload
+	}
+	q.i.receive(id, mark, pkt)
+	return 0
+}
+
+// acceptFiltered accepts the packets queued before first, the id of the
+// first packet message the receive loop read: the filter of setup dropped
+// their messages. The kernel numbers a queue's packets from 1 and sends
+// their messages in order, and a batch verdict applies to every packet up
+// to its id.
+func (q *nfQueue) acceptFiltered(first uint32) {
+	if first <= 1 {
+		return
+	}
+	q.i.log.Debug("accepting packets queued while the queue was configured", "queue", q.i.cfg.Queue, "count", first-1)
+	if err := q.nf.SetVerdictBatch(first-1, nfqueue.NfAccept); err != nil {
+		q.i.verdictErrors.Add(1)
+		q.i.log.Error("accept packets queued while the queue was configured", "queue", q.i.cfg.Queue, "err", err)
+	}
+}
+
+// receiveError keeps the receive loop running through read errors, and
+// stops it when Close has begun.
+func (q *nfQueue) receiveError(err error) int {
+	if q.closing.Load() {
+		return 1
+	}
+	q.i.receiveErrors.Add(1)
+	q.i.log.Warn("receive from netfilter queue", "queue", q.i.cfg.Queue, "err", err)
+	return 0
+}
+
+func (q *nfQueue) verdict(id uint32, v Verdict, mark uint32) error {
+	switch v {
+	case Convert, Reject:
+		// NF_REPEAT runs the packet through the hook again, now with a
+		// mark that the queue rule skips and the verdict's rule takes.
+		return q.nf.SetVerdictWithOption(id, nfqueue.NfRepeat, nfqueue.WithMark(mark))
+	case Drop:
+		return q.nf.SetVerdict(id, nfqueue.NfDrop)
+	}
+	return q.nf.SetVerdict(id, nfqueue.NfAccept)
+}
+
+func (q *nfQueue) close() error {
+	q.closing.Store(true)
+	q.cancel()
+	return q.nf.Close()
+}
+
+// nfLogger passes go-nfqueue's messages to the Interceptor's logger. Its
+// complaints while the queue closes (an unbind on a closed socket) are
+// expected and go to the debug level.
+type nfLogger struct{ q *nfQueue }
+
+func (l nfLogger) Debugf(format string, args ...interface{}) {
+	l.q.i.log.Debug("nfqueue: "+strings.TrimSpace(fmt.Sprintf(format, args...)), "queue", l.q.i.cfg.Queue)
+}
+
+func (l nfLogger) Errorf(format string, args ...interface{}) {
+	msg := "nfqueue: " + strings.TrimSpace(fmt.Sprintf(format, args...))
+	if l.q.closing.Load() {
+		l.q.i.log.Debug(msg, "queue", l.q.i.cfg.Queue)
+		return
+	}
+	l.q.i.log.Error(msg, "queue", l.q.i.cfg.Queue)
+}
