@@ -16,6 +16,13 @@ type DialConfig struct {
 	// Mark is the SO_MARK of the leg's packets, for policy routing over an
 	// uplink; 0 sets none. A non-zero Mark needs CAP_NET_ADMIN.
 	Mark uint32
+	// HeaderAfterHandshake sends Header as the first data after the
+	// handshake instead of in the SYN. The MCP then learns the destination
+	// half a round trip later, but Linux (seen on 6.18) mishandles a
+	// Multipath TCP connection opened with SYN data once a second subflow
+	// joins: transfers stall for seconds at a time. The zero value follows
+	// the plain-mode draft: Header travels in the SYN.
+	HeaderAfterHandshake bool
 }
 
 // Leg is an established leg.

@@ -31,7 +31,8 @@ const (
 // Dial opens a leg to cfg.Remote: a Multipath TCP socket (IPPROTO_MPTCP)
 // whose SYN carries cfg.Header as TCP Fast Open data without a cookie
 // (MSG_FASTOPEN, TCP_FASTOPEN_NO_COOKIE), so the downstream MCP learns the
-// destination without an extra round trip. It returns once the handshake
+// destination without an extra round trip; with cfg.HeaderAfterHandshake
+// the Header is the first data after the handshake instead. It returns once the handshake
 // has completed (SYN-ACK received) or ctx ends; then the error wraps
 // ctx.Err() (context.DeadlineExceeded for a deadline) and the socket is
 // closed. A peer that answers without MP_CAPABLE yields a Leg with MPTCP
@@ -63,19 +64,24 @@ func dial(ctx context.Context, cfg DialConfig) (*Leg, error) {
 	f := os.NewFile(uintptr(fd), "mptcp-leg")
 	defer f.Close()
 
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1); err != nil {
-		return nil, os.NewSyscallError("setsockopt TCP_FASTOPEN_NO_COOKIE", err)
-	}
 	if cfg.Mark != 0 {
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(cfg.Mark)); err != nil {
 			return nil, os.NewSyscallError("setsockopt SO_MARK", err)
 		}
 	}
-	// The kernel puts the data in the SYN and returns how much it took.
-	// EINPROGRESS means it took none: an empty Header, or active Fast Open
-	// paused by the kernel's blackhole detection
-	// (net.ipv4.tcp_fastopen_blackhole_timeout_sec).
-	sent, err := unix.SendmsgN(fd, cfg.Header, nil, sockaddr(cfg.Remote), unix.MSG_FASTOPEN)
+	var sent int
+	if cfg.HeaderAfterHandshake {
+		err = unix.Connect(fd, sockaddr(cfg.Remote))
+	} else {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_NO_COOKIE, 1); err != nil {
+			return nil, os.NewSyscallError("setsockopt TCP_FASTOPEN_NO_COOKIE", err)
+		}
+		// The kernel puts the data in the SYN and returns how much it
+		// took. EINPROGRESS means it took none: an empty Header, or
+		// active Fast Open paused by the kernel's blackhole detection
+		// (net.ipv4.tcp_fastopen_blackhole_timeout_sec).
+		sent, err = unix.SendmsgN(fd, cfg.Header, nil, sockaddr(cfg.Remote), unix.MSG_FASTOPEN)
+	}
 	switch {
 	case err == unix.EINPROGRESS:
 		sent = 0
@@ -83,7 +89,7 @@ func dial(ctx context.Context, cfg DialConfig) (*Leg, error) {
 		return nil, fmt.Errorf("%w: sendto MSG_FASTOPEN: %w (net.ipv4.tcp_fastopen needs bit %#x)",
 			ErrFastOpenDisabled, err, tfoClientEnable)
 	case err != nil:
-		return nil, os.NewSyscallError("sendto", err)
+		return nil, os.NewSyscallError("connect", err)
 	}
 	if err := waitConnected(ctx, f); err != nil {
 		return nil, err

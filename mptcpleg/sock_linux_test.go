@@ -272,6 +272,46 @@ func TestIntegrationDialSYNCarriesHeader(t *testing.T) {
 	}
 }
 
+// TestIntegrationDialHeaderAfterHandshake checks the other placement: a
+// SYN without payload, then the header as the first data segment, and the
+// listener reads it first.
+func TestIntegrationDialHeaderAfterHandshake(t *testing.T) {
+	setupFastOpen(t)
+	capt := newCapture(t)
+	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	header := mustHeader(t, Option{Protocol: ProtocolTCP, Addr: netip.MustParseAddr("203.0.113.10"), Port: 80})
+	leg, err := Dial(context.Background(), DialConfig{Remote: addrPort(t, ln.Addr()), Header: header, HeaderAfterHandshake: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leg.Conn.Close()
+	local := addrPort(t, leg.Conn.LocalAddr())
+	syn := capt.next(t, func(s segment) bool { return s.src == local })
+	if syn.flags&(tcpSYN|tcpACK) != tcpSYN || !syn.mpCapable() || len(syn.payload) != 0 {
+		t.Errorf("SYN flags %#x, MP_CAPABLE %v, payload % x; want an MPTCP SYN without data", syn.flags, syn.mpCapable(), syn.payload)
+	}
+	data := capt.next(t, func(s segment) bool { return s.src == local && len(s.payload) > 0 })
+	if !bytes.Equal(data.payload, header) {
+		t.Errorf("first data % x, want the header % x", data.payload, header)
+	}
+	srv, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	got := make([]byte, len(header))
+	if _, err := io.ReadFull(srv, got); err != nil || !bytes.Equal(got, header) {
+		t.Fatalf("listener read % x, %v; want the header", got, err)
+	}
+	if !leg.MPTCP {
+		t.Error("leg is not MPTCP")
+	}
+}
+
 func TestIntegrationDialFallback(t *testing.T) {
 	setupFastOpen(t)
 	// A plain TCP server stands for a peer or middlebox without MPTCP: its
