@@ -46,15 +46,21 @@ const MaxUplinks = 8
 
 // Config is the agent's configuration. Parse and ParseUCI fill every field.
 type Config struct {
-	LANInterfaces []string  `yaml:"lan_interfaces"`
-	Uplinks       []Uplink  `yaml:"uplinks"`
-	MCP           MCP       `yaml:"mcp"`
-	LegTimeout    Duration  `yaml:"leg_timeout"`
-	IdleTimeout   Duration  `yaml:"idle_timeout"`
-	Fallback      Fallback  `yaml:"fallback"`
-	Netfilter     Netfilter `yaml:"netfilter"`
-	Routing       Routing   `yaml:"routing"`
-	LogLevel      string    `yaml:"log_level"`
+	LANInterfaces []string `yaml:"lan_interfaces"`
+	Uplinks       []Uplink `yaml:"uplinks"`
+	MCP           MCP      `yaml:"mcp"`
+	LegTimeout    Duration `yaml:"leg_timeout"`
+	// LegFastOpen puts MP_CONVERT in the SYN payload of each leg (TCP
+	// Fast Open), as the plain-mode draft describes, instead of in the
+	// first segment after the handshake. Off by default: Linux (seen on
+	// 6.18) stalls Multipath TCP connections opened with SYN data once a
+	// second subflow joins, which defeats aggregation.
+	LegFastOpen bool      `yaml:"leg_fast_open"`
+	IdleTimeout Duration  `yaml:"idle_timeout"`
+	Fallback    Fallback  `yaml:"fallback"`
+	Netfilter   Netfilter `yaml:"netfilter"`
+	Routing     Routing   `yaml:"routing"`
+	LogLevel    string    `yaml:"log_level"`
 }
 
 // Uplink is one WAN interface the agent may open subflows over.

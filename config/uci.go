@@ -99,8 +99,12 @@ var mainOptions = map[string]uciOption[Config]{
 		c.MCP.Servers = append(c.MCP.Servers, v)
 		return nil
 	}},
-	"mcp_port":     {yaml: "mcp.port", set: func(c *Config, v string) error { return setUint16(&c.MCP.Port, v) }},
-	"leg_timeout":  {yaml: "leg_timeout", set: func(c *Config, v string) error { return setDuration(&c.LegTimeout, v) }},
+	"mcp_port":    {yaml: "mcp.port", set: func(c *Config, v string) error { return setUint16(&c.MCP.Port, v) }},
+	"leg_timeout": {yaml: "leg_timeout", set: func(c *Config, v string) error { return setDuration(&c.LegTimeout, v) }},
+	"leg_fast_open": {yaml: "leg_fast_open", set: func(c *Config, v string) (err error) {
+		c.LegFastOpen, err = parseBool(v)
+		return err
+	}},
 	"idle_timeout": {yaml: "idle_timeout", set: func(c *Config, v string) error { return setDuration(&c.IdleTimeout, v) }},
 	"fallback": {yaml: "fallback", set: func(c *Config, v string) error {
 		c.Fallback = Fallback(v)
@@ -356,11 +360,19 @@ func uciOptionName[T any](opts map[string]uciOption[T], path string) string {
 
 // checkBool accepts what OpenWrt's config_get_bool understands.
 func checkBool(v string) error {
+	_, err := parseBool(v)
+	return err
+}
+
+// parseBool reads a UCI boolean the way OpenWrt's config_get_bool does.
+func parseBool(v string) (bool, error) {
 	switch v {
-	case "1", "on", "true", "yes", "enabled", "0", "off", "false", "no", "disabled":
-		return nil
+	case "1", "on", "true", "yes", "enabled":
+		return true, nil
+	case "0", "off", "false", "no", "disabled":
+		return false, nil
 	}
-	return fmt.Errorf("%q is not a boolean (1, yes, on, true, enabled or 0, no, off, false, disabled)", v)
+	return false, fmt.Errorf("%q is not a boolean (1, yes, on, true, enabled or 0, no, off, false, disabled)", v)
 }
 
 func setUint16(dst *uint16, v string) error {

@@ -3,7 +3,9 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -56,6 +58,38 @@ func TestUCIOptionsCoverYAML(t *testing.T) {
 	if diff := cmp.Diff(uplink, carried(uplinkOptions)); diff != "" {
 		t.Errorf("config uplink options vs YAML keys (-yaml +uci):\n%s", diff)
 	}
+}
+
+// TestUCIOptionsDocumented keeps the option tables of openwrt/README.md in
+// step with the parser: every option, and whether it is a list.
+func TestUCIOptionsDocumented(t *testing.T) {
+	b, err := os.ReadFile("../openwrt/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var documented []string
+	for _, m := range regexp.MustCompile("(?m)^\\| `((?:option|list) [a-z_]+)`").FindAllStringSubmatch(string(b), -1) {
+		documented = append(documented, m[1])
+	}
+	sort.Strings(documented)
+	parsed := append(spelled(mainOptions), spelled(uplinkOptions)...)
+	sort.Strings(parsed)
+	if diff := cmp.Diff(parsed, documented); diff != "" {
+		t.Errorf("openwrt/README.md option tables (-parser +readme):\n%s", diff)
+	}
+}
+
+// spelled lists a table's options as a UCI file writes them.
+func spelled[T any](opts map[string]uciOption[T]) []string {
+	var s []string
+	for name, o := range opts {
+		if o.list {
+			s = append(s, "list "+name)
+		} else {
+			s = append(s, "option "+name)
+		}
+	}
+	return s
 }
 
 // yamlPaths lists the leaf keys of a struct type's yaml tags, sorted.

@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/mcpagent/mcpagent/config"
+	"github.com/mcpagent/mcpagent/firewall"
+	"github.com/mcpagent/mcpagent/intercept"
+	"github.com/mcpagent/mcpagent/mptcpleg"
+	"github.com/mcpagent/mcpagent/policy"
+	"github.com/mcpagent/mcpagent/relay"
+	"github.com/mcpagent/mcpagent/route"
+)
+
+// sweepInterval is how often expired flows are forgotten and down MCPs are
+// considered for a probe.
+const sweepInterval = time.Second
+
+// Run runs the agent until ctx ends, then removes everything it installed.
+// Cancellation is not an error. It fails fast, with a one-line reason, when
+// the system lacks something it needs.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+	if err := preflight(cfg); err != nil {
+		return err
+	}
+	// undo collects the teardown of every step, run in reverse on return.
+	var undo []func()
+	defer func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}()
+
+	convertMark, rejectMark, tproxyMark := cfg.Netfilter.Marks()
+	mask := uint32(cfg.Netfilter.MarkMask)
+
+	rl, err := relay.New(relay.Config{IdleTimeout: time.Duration(cfg.IdleTimeout), Logger: log.With("component", "relay")})
+	if err != nil {
+		return fmt.Errorf("start relay: %w", err)
+	}
+	undo = append(undo, func() { rl.Close() })
+
+	uplinks := make([]route.Uplink, len(cfg.Uplinks))
+	for i, u := range cfg.Uplinks {
+		uplinks[i] = route.Uplink{Name: u.Name, Interface: u.Interface, Table: cfg.Routing.TableBase + 1 + i}
+	}
+	eps, err := newEndpointSync(len(cfg.Uplinks), log.With("component", "endpoints"))
+	if err != nil {
+		return err
+	}
+	undo = append(undo, eps.close)
+	rt, err := route.Start(route.Config{
+		Uplinks:      uplinks,
+		TProxyMark:   tproxyMark,
+		MarkMask:     mask,
+		TProxyTable:  cfg.Routing.TableBase,
+		RulePriority: cfg.Routing.RulePref,
+		OnChange:     eps.apply,
+		Logger:       log.With("component", "route"),
+	})
+	if err != nil {
+		return fmt.Errorf("set up routing: %w", err)
+	}
+	undo = append(undo, func() { rt.Close() })
+	eps.refresh(rt.State)
+
+	legCtx, cancelLegs := context.WithCancel(context.Background())
+	pol := policy.New(policy.Config{MCPs: cfg.MCP.Addrs, Fallback: fallbackAction(cfg.Fallback)})
+	conv := newConverter(legCtx, pol, legDialer(cfg.LegFastOpen), time.Duration(cfg.LegTimeout), log.With("component", "convert"))
+	var probes sync.WaitGroup
+	undo = append(undo, func() { cancelLegs(); probes.Wait(); conv.close() })
+
+	for _, addr := range []netip.AddrPort{
+		netip.AddrPortFrom(netip.IPv4Unspecified(), cfg.Netfilter.TProxyPort),
+		netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Netfilter.TProxyPort),
+	} {
+		ln, err := listenTransparent(addr)
+		if err != nil {
+			return fmt.Errorf("transparent listener on %s: %w", addr, err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			acceptLoop(ln, conv, rl, log)
+		}()
+		undo = append(undo, func() { ln.Close(); <-done })
+	}
+
+	ic, err := intercept.Open(intercept.Config{
+		Queue:       cfg.Netfilter.Queue,
+		ConvertMark: convertMark,
+		RejectMark:  rejectMark,
+		MarkMask:    mask,
+		Handler:     conv.handleSYN,
+		Logger:      log.With("component", "intercept"),
+	})
+	if err != nil {
+		return fmt.Errorf("open queue %d: %w", cfg.Netfilter.Queue, err)
+	}
+	// Closing the interceptor releases held SYNs unconverted: fail-open.
+	undo = append(undo, func() { ic.Close() })
+
+	fw, err := firewall.Install(ctx, firewall.Rules{
+		LANInterfaces: cfg.LANInterfaces,
+		Queue:         cfg.Netfilter.Queue,
+		TProxyPort:    cfg.Netfilter.TProxyPort,
+		ConvertMark:   convertMark,
+		RejectMark:    rejectMark,
+		TProxyMark:    tproxyMark,
+		MarkMask:      mask,
+	}, log.With("component", "firewall"))
+	if err != nil {
+		return fmt.Errorf("install firewall rules: %w", err)
+	}
+	undo = append(undo, func() { fw.Close() })
+
+	log.Info("agent running", "lan", cfg.LANInterfaces, "uplinks", len(cfg.Uplinks), "mcp", cfg.MCP.Addrs, "fallback", cfg.Fallback)
+	tick := time.NewTicker(sweepInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("agent stopping", "converted", conv.stats.Converted.Load(), "fallback", conv.stats.Fallback.Load())
+			return nil
+		case <-tick.C:
+			conv.sweep()
+			for _, m := range pol.DueProbes(time.Now()) {
+				probes.Add(1)
+				go func() {
+					defer probes.Done()
+					probe(legCtx, pol, m, time.Duration(cfg.LegTimeout), log)
+				}()
+			}
+		}
+	}
+}
+
+func fallbackAction(f config.Fallback) policy.Action {
+	if f == config.FallbackReject {
+		return policy.Reject
+	}
+	return policy.Pass
+}
+
+// probe opens a leg to a down MCP with an empty MP_CONVERT and closes it:
+// the handshake alone shows the MCP is back.
+func probe(ctx context.Context, pol *policy.Policy, mcp netip.AddrPort, timeout time.Duration, log *slog.Logger) {
+	header, err := mptcpleg.AppendHeader(nil, mptcpleg.Option{Protocol: mptcpleg.ProtocolTCP})
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	leg, err := mptcpleg.Dial(ctx, mptcpleg.DialConfig{Remote: mcp, Header: header})
+	if err != nil {
+		// The MCP stays down; DueProbes already restarted its clock.
+		log.Debug("mcp probe failed", "mcp", mcp, "err", err)
+		return
+	}
+	leg.Conn.Close()
+	pol.Succeeded(mcp)
+	log.Info("mcp is up again", "mcp", mcp)
+}
+
+// acceptLoop pairs each connection the TPROXY rule delivers with the leg of
+// its flow and hands both to the relay.
+func acceptLoop(ln *net.TCPListener, conv *converter, rl *relay.Relay, log *slog.Logger) {
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Error("accept on transparent listener", "err", err)
+			}
+			return
+		}
+		src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		leg, ok := conv.claim(src, dst)
+		if !ok {
+			log.Debug("accepted connection without a leg", "src", src, "dst", dst)
+			abort(c)
+			continue
+		}
+		if err := rl.Add(c, leg.Conn, nil); err != nil {
+			log.Debug("relay refused pair", "src", src, "dst", dst, "err", err)
+		}
+	}
+}

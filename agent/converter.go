@@ -1,0 +1,269 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mcpagent/mcpagent/intercept"
+	"github.com/mcpagent/mcpagent/mptcpleg"
+	"github.com/mcpagent/mcpagent/policy"
+)
+
+// flowKey names a LAN connection: the client and its original destination,
+// both unmapped, as the SYN and later the accepted socket see them.
+type flowKey struct{ src, dst netip.AddrPort }
+
+func newFlowKey(src, dst netip.AddrPort) flowKey {
+	return flowKey{
+		netip.AddrPortFrom(src.Addr().Unmap(), src.Port()),
+		netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()),
+	}
+}
+
+type flowState uint8
+
+const (
+	flowDialing flowState = iota // the SYN is held while the leg opens
+	flowReady                    // the leg is up and the SYN released; waiting for accept
+	flowDecided                  // released unconverted; remembered for retransmitted SYNs
+)
+
+type flow struct {
+	state   flowState
+	verdict intercept.Verdict // flowDecided
+	leg     *mptcpleg.Leg     // flowReady
+	expires time.Time         // flowReady, flowDecided
+	mcp     netip.AddrPort
+}
+
+// How long the converter remembers a released flow: a ready leg waits
+// claimTTL for the LAN handshake to reach the listener; a decision is kept
+// decidedTTL so that a SYN retransmitted meanwhile gets the same verdict
+// (a converted SYN's twin must not go direct, and vice versa).
+const (
+	claimTTL   = 10 * time.Second
+	decidedTTL = 3 * time.Second
+)
+
+// defaultMaxDialing bounds the legs being opened at once, so a LAN host
+// flooding SYNs costs at most that many sockets; past it new flows take the
+// fallback at once.
+const defaultMaxDialing = 4096
+
+// dialFunc opens a leg to mcp carrying header; tests replace it.
+type dialFunc func(ctx context.Context, mcp netip.AddrPort, header []byte) (*mptcpleg.Leg, error)
+
+// legDialer returns the dialFunc that opens real legs, with MP_CONVERT in
+// the SYN (fastOpen) or in the first segment after the handshake.
+func legDialer(fastOpen bool) dialFunc {
+	return func(ctx context.Context, mcp netip.AddrPort, header []byte) (*mptcpleg.Leg, error) {
+		return mptcpleg.Dial(ctx, mptcpleg.DialConfig{Remote: mcp, Header: header, HeaderAfterHandshake: !fastOpen})
+	}
+}
+
+// converterStats counts what the converter did. Fields are read atomically.
+type converterStats struct {
+	Native, Converted, Fallback, Rejected, Duplicates, Unclaimed, Orphans, TCPFallbackLegs atomic.Uint64
+}
+
+// converter holds SYNs while their legs open and hands each leg to the
+// accepted LAN connection of the same flow. It is safe for concurrent use.
+type converter struct {
+	policy     *policy.Policy
+	dial       dialFunc
+	legTimeout time.Duration
+	maxDialing int
+	now        func() time.Time
+	log        *slog.Logger
+	stats      converterStats
+
+	ctx context.Context // cancelled by close: aborts every dial
+	wg  sync.WaitGroup  // dial goroutines
+
+	mu      sync.Mutex
+	flows   map[flowKey]*flow
+	dialing int
+	closed  bool
+}
+
+func newConverter(ctx context.Context, p *policy.Policy, dial dialFunc, legTimeout time.Duration, log *slog.Logger) *converter {
+	return &converter{
+		policy:     p,
+		dial:       dial,
+		legTimeout: legTimeout,
+		maxDialing: defaultMaxDialing,
+		now:        time.Now,
+		log:        log,
+		ctx:        ctx,
+		flows:      map[flowKey]*flow{},
+	}
+}
+
+func verdictFor(a policy.Action) intercept.Verdict {
+	if a == policy.Reject {
+		return intercept.Reject
+	}
+	return intercept.Accept
+}
+
+// handleSYN is the interceptor's Handler: it never blocks.
+func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) {
+	key := newFlowKey(s.Src, s.Dst)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		release(intercept.Accept)
+		return
+	}
+	if f, ok := c.flows[key]; ok {
+		c.mu.Unlock()
+		c.stats.Duplicates.Add(1)
+		switch f.state {
+		case flowDialing:
+			release(intercept.Drop) // the first copy is still held
+		case flowReady:
+			release(intercept.Convert)
+		default:
+			release(f.verdict)
+		}
+		return
+	}
+	d := c.policy.Decide(policy.Flow{Src: s.Src, Dst: s.Dst, NativeMPTCP: s.MPTCP != intercept.NativeNone})
+	if d.Action == policy.Convert && c.dialing >= c.maxDialing {
+		d = c.policy.Fallback()
+		d.Reason = "too-many-pending"
+	}
+	if d.Action != policy.Convert {
+		v := verdictFor(d.Action)
+		c.flows[key] = &flow{state: flowDecided, verdict: v, expires: c.now().Add(decidedTTL)}
+		c.mu.Unlock()
+		c.countDecision(d)
+		c.log.Debug("syn not converted", "src", s.Src, "dst", s.Dst, "reason", d.Reason, "action", d.Action)
+		release(v)
+		return
+	}
+	c.flows[key] = &flow{state: flowDialing, mcp: d.MCP}
+	c.dialing++
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go c.openLeg(key, d.MCP, release)
+}
+
+func (c *converter) countDecision(d policy.Decision) {
+	switch {
+	case d.Reason == policy.ReasonNative:
+		c.stats.Native.Add(1)
+	case d.Action == policy.Reject:
+		c.stats.Rejected.Add(1)
+	default:
+		c.stats.Fallback.Add(1)
+	}
+}
+
+// openLeg opens the leg for one held SYN and releases the SYN: converted
+// when the leg is up, else with the fallback verdict.
+func (c *converter) openLeg(key flowKey, mcp netip.AddrPort, release func(intercept.Verdict)) {
+	defer c.wg.Done()
+	header, err := mptcpleg.AppendHeader(nil, mptcpleg.Option{Protocol: mptcpleg.ProtocolTCP, Addr: key.dst.Addr(), Port: key.dst.Port()})
+	var leg *mptcpleg.Leg
+	if err == nil {
+		ctx, cancel := context.WithTimeout(c.ctx, c.legTimeout)
+		leg, err = c.dial(ctx, mcp, header)
+		cancel()
+	}
+
+	v := c.finishLeg(key, mcp, leg, err)
+	release(v)
+}
+
+// finishLeg records the outcome of a dial and returns the verdict for the
+// held SYN.
+func (c *converter) finishLeg(key flowKey, mcp netip.AddrPort, leg *mptcpleg.Leg, err error) intercept.Verdict {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dialing--
+	if err != nil || c.closed {
+		if leg != nil {
+			abort(leg.Conn)
+		}
+		if err != nil && c.ctx.Err() == nil {
+			c.policy.Failed(mcp, c.now())
+			c.log.Warn("leg failed; falling back", "src", key.src, "dst", key.dst, "mcp", mcp, "err", err)
+		}
+		d := c.policy.Fallback()
+		c.countDecision(d)
+		v := verdictFor(d.Action)
+		if c.closed || c.ctx.Err() != nil {
+			v = intercept.Accept // shutting down: fail open
+		}
+		c.flows[key] = &flow{state: flowDecided, verdict: v, expires: c.now().Add(decidedTTL)}
+		return v
+	}
+	c.policy.Succeeded(mcp)
+	c.stats.Converted.Add(1)
+	if !leg.MPTCP {
+		c.stats.TCPFallbackLegs.Add(1)
+	}
+	c.flows[key] = &flow{state: flowReady, leg: leg, mcp: mcp, expires: c.now().Add(claimTTL)}
+	return intercept.Convert
+}
+
+// claim hands over the leg of the flow that the listener just accepted.
+func (c *converter) claim(src, dst netip.AddrPort) (*mptcpleg.Leg, bool) {
+	key := newFlowKey(src, dst)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, ok := c.flows[key]
+	if !ok || f.state != flowReady {
+		c.stats.Orphans.Add(1)
+		return nil, false
+	}
+	delete(c.flows, key)
+	return f.leg, true
+}
+
+// sweep forgets expired flows and closes legs nobody claimed.
+func (c *converter) sweep() {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, f := range c.flows {
+		if f.state == flowDialing || now.Before(f.expires) {
+			continue
+		}
+		if f.state == flowReady {
+			c.stats.Unclaimed.Add(1)
+			abort(f.leg.Conn)
+		}
+		delete(c.flows, k)
+	}
+}
+
+// close stops accepting new flows, waits for dials to end (the caller
+// cancels ctx first) and closes unclaimed legs.
+func (c *converter) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, f := range c.flows {
+		if f.state == flowReady {
+			abort(f.leg.Conn)
+		}
+		delete(c.flows, k)
+	}
+}
+
+// abort closes c with a reset rather than a FIN: the peer must not take a
+// torn-down connection for a complete one.
+func abort(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}

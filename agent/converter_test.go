@@ -1,0 +1,277 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mcpagent/mcpagent/intercept"
+	"github.com/mcpagent/mcpagent/mptcpleg"
+	"github.com/mcpagent/mcpagent/policy"
+)
+
+var (
+	testMCP  = netip.MustParseAddrPort("198.51.100.1:5124")
+	testMCP2 = netip.MustParseAddrPort("198.51.100.2:5124")
+	lanSrc   = netip.MustParseAddrPort("192.168.1.2:40000")
+	srvDst   = netip.MustParseAddrPort("203.0.113.10:80")
+	srvDst6  = netip.MustParseAddrPort("[2001:db8:5::10]:443")
+)
+
+// fakeDialer records dials and answers them with a loopback TCP pair, an
+// error, or nothing until released.
+type fakeDialer struct {
+	t     *testing.T
+	ln    *net.TCPListener
+	mu    sync.Mutex
+	calls []dialCall
+	fail  map[netip.AddrPort]error
+	gate  chan struct{} // if non-nil, dials wait for it (or ctx)
+}
+
+type dialCall struct {
+	mcp  netip.AddrPort
+	opts []mptcpleg.Option
+}
+
+func newFakeDialer(t *testing.T) *fakeDialer {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	return &fakeDialer{t: t, ln: ln, fail: map[netip.AddrPort]error{}}
+}
+
+func (d *fakeDialer) dial(ctx context.Context, mcp netip.AddrPort, header []byte) (*mptcpleg.Leg, error) {
+	opts, n, err := mptcpleg.ParseHeader(header)
+	if err != nil || n != len(header) {
+		d.t.Errorf("leg header %x does not parse: %v", header, err)
+	}
+	d.mu.Lock()
+	d.calls = append(d.calls, dialCall{mcp, opts})
+	err = d.fail[mcp]
+	gate := d.gate
+	d.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.DialTCP("tcp", nil, d.ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		return nil, err
+	}
+	return &mptcpleg.Leg{Conn: c, MPTCP: true}, nil
+}
+
+func (d *fakeDialer) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.calls)
+}
+
+// verdicts collects the verdicts released for SYNs.
+type verdicts chan intercept.Verdict
+
+func (v verdicts) release(x intercept.Verdict) { v <- x }
+
+func (v verdicts) next(t *testing.T) intercept.Verdict {
+	t.Helper()
+	select {
+	case x := <-v:
+		return x
+	case <-time.After(5 * time.Second):
+		t.Fatal("no verdict released")
+		return 0
+	}
+}
+
+func newTestConverter(t *testing.T, cfg policy.Config, d *fakeDialer) *converter {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := newConverter(ctx, policy.New(cfg), d.dial, 500*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	t.Cleanup(func() { cancel(); c.close() })
+	return c
+}
+
+func TestConvertReleasesAfterLegAndPairsByFlow(t *testing.T) {
+	for _, dst := range []netip.AddrPort{srvDst, srvDst6} {
+		t.Run(dst.String(), func(t *testing.T) {
+			d := newFakeDialer(t)
+			c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
+			v := make(verdicts, 4)
+			c.handleSYN(intercept.SYN{Src: lanSrc, Dst: dst}, v.release)
+			if got := v.next(t); got != intercept.Convert {
+				t.Fatalf("verdict = %v, want Convert", got)
+			}
+			if d.count() != 1 || d.calls[0].mcp != testMCP {
+				t.Fatalf("dials = %+v", d.calls)
+			}
+			o := d.calls[0].opts
+			if len(o) != 1 || o[0].Source || o[0].Protocol != 6 || o[0].Addr != dst.Addr() || o[0].Port != dst.Port() {
+				t.Fatalf("MP_CONVERT = %+v, want destination %v", o, dst)
+			}
+			// A retransmitted SYN after release is converted again (it
+			// must reach the same listener), without a second leg.
+			c.handleSYN(intercept.SYN{Src: lanSrc, Dst: dst}, v.release)
+			if got := v.next(t); got != intercept.Convert || d.count() != 1 {
+				t.Fatalf("duplicate: verdict %v, dials %d", got, d.count())
+			}
+			// The listener sees IPv4 as IPv4-mapped IPv6 sometimes.
+			src := netip.AddrPortFrom(netip.AddrFrom16(lanSrc.Addr().As16()), lanSrc.Port())
+			leg, ok := c.claim(src, dst)
+			if !ok || leg == nil {
+				t.Fatal("claim found no leg")
+			}
+			leg.Conn.Close()
+			if _, ok := c.claim(lanSrc, dst); ok {
+				t.Fatal("a leg was claimed twice")
+			}
+		})
+	}
+}
+
+func TestDuplicateSYNWhileDialingIsDropped(t *testing.T) {
+	d := newFakeDialer(t)
+	d.gate = make(chan struct{})
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
+	first, dup := make(verdicts, 1), make(verdicts, 1)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, first.release)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, dup.release)
+	if got := dup.next(t); got != intercept.Drop {
+		t.Fatalf("duplicate verdict = %v, want Drop", got)
+	}
+	close(d.gate)
+	if got := first.next(t); got != intercept.Convert {
+		t.Fatalf("verdict = %v, want Convert", got)
+	}
+}
+
+func TestLegFailureFallsBackAndSkipsTheDeadMCP(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		fallback policy.Action
+		want     intercept.Verdict
+	}{
+		{"direct", policy.Pass, intercept.Accept},
+		{"reject", policy.Reject, intercept.Reject},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newFakeDialer(t)
+			d.fail[testMCP] = errors.New("connection refused")
+			c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}, Fallback: tt.fallback}, d)
+			v := make(verdicts, 1)
+			c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, v.release)
+			if got := v.next(t); got != tt.want {
+				t.Fatalf("verdict = %v, want %v", got, tt.want)
+			}
+			// The MCP is now known down: the next flow takes the fallback
+			// at once, without a dial.
+			other := netip.AddrPortFrom(lanSrc.Addr(), lanSrc.Port()+1)
+			c.handleSYN(intercept.SYN{Src: other, Dst: srvDst}, v.release)
+			if got := v.next(t); got != tt.want || d.count() != 1 {
+				t.Fatalf("second flow: verdict %v, dials %d; want %v and 1 dial", got, d.count(), tt.want)
+			}
+		})
+	}
+}
+
+func TestSecondMCPUsedWhenFirstIsDown(t *testing.T) {
+	d := newFakeDialer(t)
+	d.fail[testMCP] = errors.New("timeout")
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP, testMCP2}}, d)
+	v := make(verdicts, 1)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, v.release)
+	v.next(t)
+	other := netip.AddrPortFrom(lanSrc.Addr(), lanSrc.Port()+1)
+	c.handleSYN(intercept.SYN{Src: other, Dst: srvDst}, v.release)
+	if got := v.next(t); got != intercept.Convert || d.calls[1].mcp != testMCP2 {
+		t.Fatalf("verdict %v via %v, want Convert via the second MCP", got, d.calls[1].mcp)
+	}
+}
+
+func TestNativeMPTCPPassesWithoutLeg(t *testing.T) {
+	d := newFakeDialer(t)
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}, Fallback: policy.Reject}, d)
+	v := make(verdicts, 2)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst, MPTCP: intercept.NativeCapable}, v.release)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst6, MPTCP: intercept.NativeJoin}, v.release)
+	if a, b := v.next(t), v.next(t); a != intercept.Accept || b != intercept.Accept || d.count() != 0 {
+		t.Fatalf("verdicts %v %v, dials %d", a, b, d.count())
+	}
+	if c.stats.Native.Load() != 2 {
+		t.Fatalf("native count = %d", c.stats.Native.Load())
+	}
+}
+
+func TestSweepClosesUnclaimedLegs(t *testing.T) {
+	d := newFakeDialer(t)
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
+	now := time.Unix(1000, 0)
+	c.now = func() time.Time { return now }
+	v := make(verdicts, 1)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, v.release)
+	v.next(t)
+	c.sweep()
+	if _, ok := c.flows[newFlowKey(lanSrc, srvDst)]; !ok {
+		t.Fatal("flow swept before its time")
+	}
+	now = now.Add(claimTTL)
+	c.sweep()
+	if len(c.flows) != 0 || c.stats.Unclaimed.Load() != 1 {
+		t.Fatalf("flows %d unclaimed %d after TTL", len(c.flows), c.stats.Unclaimed.Load())
+	}
+}
+
+func TestTooManyPendingFallsBack(t *testing.T) {
+	d := newFakeDialer(t)
+	d.gate = make(chan struct{})
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
+	c.maxDialing = 1
+	held, over := make(verdicts, 1), make(verdicts, 1)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, held.release)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst6}, over.release)
+	if got := over.next(t); got != intercept.Accept {
+		t.Fatalf("over the limit: %v, want Accept", got)
+	}
+	close(d.gate)
+	held.next(t)
+}
+
+func TestCloseReleasesHeldSYNsUnconverted(t *testing.T) {
+	d := newFakeDialer(t)
+	d.gate = make(chan struct{}) // never opened: dials end with ctx
+	ctx, cancel := context.WithCancel(context.Background())
+	c := newConverter(ctx, policy.New(policy.Config{MCPs: []netip.AddrPort{testMCP}, Fallback: policy.Reject}), d.dial, time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	v := make(verdicts, 1)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, v.release)
+	cancel()
+	c.close()
+	if got := v.next(t); got != intercept.Accept {
+		t.Fatalf("verdict on close = %v, want Accept (fail-open)", got)
+	}
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst6}, v.release)
+	if got := v.next(t); got != intercept.Accept {
+		t.Fatalf("verdict after close = %v, want Accept", got)
+	}
+}

@@ -1,0 +1,71 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mcpagent/mcpagent/config"
+)
+
+// preflight refuses to start, with a one-line reason, on a system that
+// lacks what the agent needs.
+func preflight(cfg *config.Config) error {
+	if v, err := readSysctl("net/mptcp/enabled"); err != nil {
+		return fmt.Errorf("this kernel has no Multipath TCP (CONFIG_MPTCP): %w", err)
+	} else if v != 1 {
+		return fmt.Errorf("multipath TCP is disabled: set net.mptcp.enabled=1")
+	}
+	if v, err := readSysctl("net/ipv4/tcp_fastopen"); err == nil && v&1 == 0 {
+		return fmt.Errorf("TCP Fast Open is disabled for clients: net.ipv4.tcp_fastopen is %#x, it needs bit 0x1", v)
+	}
+	for _, name := range cfg.LANInterfaces {
+		if _, err := net.InterfaceByName(name); err != nil {
+			return fmt.Errorf("lan interface %q: %w", name, err)
+		}
+	}
+	for _, u := range cfg.Uplinks {
+		if _, err := net.InterfaceByName(u.Interface); err != nil {
+			return fmt.Errorf("uplink %s: interface %q: %w", u.Name, u.Interface, err)
+		}
+	}
+	return nil
+}
+
+func readSysctl(name string) (int, error) {
+	b, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// listenTransparent opens the listener the TPROXY rule delivers released
+// SYNs to. IP_TRANSPARENT lets it accept connections addressed to any
+// destination; it is plain TCP on purpose (the LAN side is single-path).
+func listenTransparent(addr netip.AddrPort) (*net.TCPListener, error) {
+	network, level, opt := "tcp4", unix.SOL_IP, unix.IP_TRANSPARENT
+	if addr.Addr().Is6() {
+		network, level, opt = "tcp6", unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), network, addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
+}
