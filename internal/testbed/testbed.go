@@ -280,14 +280,18 @@ type Capture struct {
 	path string
 }
 
-// Capture starts "tcpdump -U -w FILE -i ifname filter" in node and returns
+// Capture starts "tcpdump --immediate-mode -U -w FILE -i ifname filter" in
+// node and returns
 // once tcpdump is capturing. filter may be empty. Stop ends it; if the
 // test does not, it ends with the test.
 func (tb *Testbed) Capture(t testing.TB, node, ifname, filter string) *Capture {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, node+"-"+ifname+".pcap")
-	args := []string{"-n", "-U", "-w", path, "-i", ifname}
+	// Immediate mode: without it libpcap hands packets over in blocks that
+	// the kernel retires on a timer, and a short capture can end with
+	// packets counted by the filter but never written.
+	args := []string{"-n", "--immediate-mode", "-U", "-w", path, "-i", ifname}
 	if filter != "" {
 		args = append(args, filter)
 	}
@@ -297,9 +301,16 @@ func (tb *Testbed) Capture(t testing.TB, node, ifname, filter string) *Capture {
 // Stop ends the capture (SIGINT, so tcpdump flushes and closes the file)
 // and returns the path of the pcap file, which lives until the test ends.
 func (c *Capture) Stop() string {
+	// tcpdump counts a packet as received by the filter before it reads
+	// it from the kernel's buffer; a moment lets it write what the test
+	// just sent, or SIGINT would lose the last packets.
+	time.Sleep(captureDrain)
 	c.p.stop(os.Interrupt)
 	return c.path
 }
+
+// captureDrain is how long Stop lets tcpdump catch up before ending it.
+const captureDrain = 300 * time.Millisecond
 
 // builds holds one build per package path for the life of the test
 // binary.
