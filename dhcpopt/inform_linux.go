@@ -39,17 +39,27 @@ const (
 	snapLen = 1 << 18
 )
 
-func informV4(ctx context.Context, cfg InformConfig, accept func(*dhcpv4.DHCPv4) bool) error {
-	ifi, err := net.InterfaceByName(cfg.Interface)
+// uplinkInterface returns the named interface and its addresses; it must
+// have a hardware address, as the packet socket that reads replies needs.
+func uplinkInterface(name string) (*net.Interface, []net.Addr, error) {
+	ifi, err := net.InterfaceByName(name)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if len(ifi.HardwareAddr) == 0 {
-		return fmt.Errorf("interface %s has no hardware address", ifi.Name)
+		return nil, nil, fmt.Errorf("interface %s has no hardware address", ifi.Name)
 	}
-	ifAddrs, err := ifi.Addrs()
+	addrs, err := ifi.Addrs()
 	if err != nil {
-		return fmt.Errorf("list addresses of %s: %w", ifi.Name, err)
+		return nil, nil, fmt.Errorf("list addresses of %s: %w", ifi.Name, err)
+	}
+	return ifi, addrs, nil
+}
+
+func informV4(ctx context.Context, cfg InformConfig, accept func(*dhcpv4.DHCPv4) bool) error {
+	ifi, ifAddrs, err := uplinkInterface(cfg.Interface)
+	if err != nil {
+		return err
 	}
 	ciaddr, ok := pickV4(ifAddrs)
 	if !ok {
@@ -158,16 +168,9 @@ func mustAssemble(prog []bpf.Instruction) []bpf.RawInstruction {
 }
 
 func informV6(ctx context.Context, cfg InformConfig, accept func(*dhcpv6.Message) bool) error {
-	ifi, err := net.InterfaceByName(cfg.Interface)
+	ifi, ifAddrs, err := uplinkInterface(cfg.Interface)
 	if err != nil {
 		return err
-	}
-	if len(ifi.HardwareAddr) == 0 {
-		return fmt.Errorf("interface %s has no hardware address", ifi.Name)
-	}
-	ifAddrs, err := ifi.Addrs()
-	if err != nil {
-		return fmt.Errorf("list addresses of %s: %w", ifi.Name, err)
 	}
 	ll, ok := pickLinkLocal(ifAddrs)
 	if !ok {

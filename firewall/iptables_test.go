@@ -3,37 +3,14 @@ package firewall
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/mcpagent/mcpagent/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
-
-// checkGolden compares got with testdata/name, or rewrites the file with
-// -update.
-func checkGolden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("%s mismatch (-want +got):\n%s", path, diff)
-	}
-}
 
 func TestIPTablesRestore(t *testing.T) {
 	one := testRules()
@@ -53,7 +30,7 @@ func TestIPTablesRestore(t *testing.T) {
 			if again := IPTablesRestore(tt.r, tt.v6); again != got {
 				t.Fatal("output differs between two calls")
 			}
-			checkGolden(t, tt.name, got)
+			golden.Check(t, tt.name, got)
 		})
 	}
 }
@@ -185,7 +162,7 @@ func TestInstallSequence(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			checkGolden(t, "install_"+tt.name+".golden", fr.transcript.String())
+			golden.Check(t, "install_"+tt.name+".golden", fr.transcript.String())
 		})
 	}
 }

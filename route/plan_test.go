@@ -1,36 +1,15 @@
 package route
 
 import (
-	"flag"
 	"fmt"
 	"math/rand"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/mcpagent/mcpagent/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
-
-func checkGolden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("%s mismatch (-want +got):\n%s", path, diff)
-	}
-}
 
 func validConfig(t *testing.T, c Config) Config {
 	t.Helper()
@@ -117,7 +96,7 @@ func TestDesired(t *testing.T) {
 			s := tt.snap()
 			p := desired(cfg, s)
 			got := render(p.rules, p.routes, p.states)
-			checkGolden(t, "desired_"+tt.name+".golden", got)
+			golden.Check(t, "desired_"+tt.name+".golden", got)
 
 			// The order of the snapshot does not matter.
 			rnd := rand.New(rand.NewSource(1))
@@ -164,7 +143,7 @@ func TestDiff(t *testing.T) {
 	for _, r := range c.addRules {
 		fmt.Fprintf(&b, "add rule %s\n", r)
 	}
-	checkGolden(t, "diff.golden", b.String())
+	golden.Check(t, "diff.golden", b.String())
 
 	foreign := testbedSnapshot()
 	foreign.routes = append(foreign.routes, s.routes[len(s.routes)-1])
@@ -215,7 +194,7 @@ func TestReplay(t *testing.T) {
 		got := render(rules, routes, r.State())
 		if seed == 0 {
 			want = got
-			checkGolden(t, "replay_testbed.golden", got)
+			golden.Check(t, "replay_testbed.golden", got)
 			continue
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
