@@ -26,6 +26,8 @@ packages=(
 	procps        # sysctl, ps
 	coreutils     # sha256sum, timeout
 	shellcheck    # checks the scripts in this directory
+	busybox       # sh -n with the ash OpenWrt runs (openwrt/ tests)
+	qemu-user-static # tests and binaries for router CPUs (make test-cross)
 )
 
 if [[ ${EUID} -ne 0 ]]; then
