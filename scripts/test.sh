@@ -25,6 +25,9 @@ GOTOOLCHAIN=go1.23.12 go build ./...
 echo "== tests"
 go test -count=1 -timeout 20m ./...
 
+echo "== unit tests on router CPUs (mips, mipsle, arm, arm64) under qemu-user"
+scripts/cross.sh test
+
 fuzztime="${FUZZTIME:-10s}"
 if [[ "${fuzztime}" != 0 ]]; then
 	echo "== fuzz targets, ${fuzztime} each"
