@@ -1,0 +1,47 @@
+package agent
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/mcpagent/mcpagent/config"
+	"github.com/mcpagent/mcpagent/internal/netnstest"
+)
+
+func TestMain(m *testing.M) { netnstest.Main(m) }
+
+// TestIntegrationPreflight checks the one-line refusals: a missing
+// interface and Multipath TCP switched off (in the test's own namespace).
+func TestIntegrationPreflight(t *testing.T) {
+	netnstest.RequireIsolatedRoot(t)
+	// Two interfaces of the test's own namespace stand for LAN and WAN.
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lan0"}, PeerName: "wan0"}); err != nil {
+		t.Fatal(err)
+	}
+	parse := func(lan, wan string) *config.Config {
+		c, err := config.Parse([]byte("lan_interfaces: [" + lan + "]\nuplinks: [{name: dsl, interface: " + wan + "}]\nmcp: {servers: [198.51.100.1]}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if err := preflight(parse("lan0", "wan0")); err != nil {
+		t.Errorf("both interfaces present: %v", err)
+	}
+	if err := preflight(parse("lan0", "wan9")); err == nil || !strings.Contains(err.Error(), `uplink dsl: interface "wan9"`) {
+		t.Errorf("missing uplink interface: %v", err)
+	}
+	if err := preflight(parse("lan9", "wan0")); err == nil || !strings.Contains(err.Error(), `lan interface "lan9"`) {
+		t.Errorf("missing LAN interface: %v", err)
+	}
+	if err := os.WriteFile("/proc/sys/net/mptcp/enabled", []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.WriteFile("/proc/sys/net/mptcp/enabled", []byte("1"), 0o644)
+	if err := preflight(parse("lan0", "wan0")); err == nil || !strings.Contains(err.Error(), "net.mptcp.enabled=1") {
+		t.Errorf("MPTCP disabled: %v", err)
+	}
+}
