@@ -4,16 +4,15 @@ package intercept
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
 
 	nfqueue "github.com/florianl/go-nfqueue/v2"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/mcpagent/mcpagent/internal/nfqsetup"
 )
 
 const (
@@ -25,10 +24,6 @@ const (
 	// slot. A packet message is under 300 bytes, but netlink charges the
 	// buffer with each message's truesize, about 1 KiB here.
 	rcvBufPerPacket = 2048
-	// msgPacket is the netlink message type of a queued packet:
-	// NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
-	// (include/uapi/linux/netfilter/nfnetlink_queue.h).
-	msgPacket = 3<<8 | 0
 )
 
 // Open binds NFQUEUE cfg.Queue and starts the receive loop that hands its
@@ -75,9 +70,9 @@ func Open(cfg Config) (*Interceptor, error) {
 		}
 		return nil, fmt.Errorf("bind netfilter queue %d: %w", cfg.Queue, err)
 	}
-	if err := q.nf.Con.RemoveBPF(); err != nil {
+	if err := nfqsetup.Ready(q.nf); err != nil {
 		q.close()
-		return nil, fmt.Errorf("remove the socket filter of netfilter queue %d: %w", cfg.Queue, err)
+		return nil, fmt.Errorf("netfilter queue %d: %w", cfg.Queue, err)
 	}
 	return i, nil
 }
@@ -91,64 +86,14 @@ type nfQueue struct {
 	started bool // the receive loop has seen a packet; only the loop uses it
 }
 
-// setup prepares the socket before the queue is bound:
-//
-// It sizes the receive buffer for a full queue and turns off ENOBUFS
-// reports: with FAIL_OPEN, a packet that did not fit the buffer has already
-// been accepted, so there is nothing to recover; the kernel counts such
-// packets in /proc/net/netfilter/nfnetlink_queue.
-//
-// It attaches a socket filter that drops packet messages until Open removes
-// it. The kernel queues packets from the moment the queue is bound, while
-// go-nfqueue still sends configuration requests and reads one reply to
-// each: a packet message read in place of a reply would fail Open. The
-// kernel holds the packets whose messages the filter dropped; hook accepts
-// them.
+// setup prepares the socket before the queue is bound (package
+// nfqsetup): a receive buffer for a full queue, no ENOBUFS reports (with
+// FAIL_OPEN, a packet that did not fit the buffer has already been
+// accepted, so there is nothing to recover), and the socket filter that
+// keeps packet messages out of go-nfqueue's setup; hook accepts the
+// packets it held back.
 func (q *nfQueue) setup() error {
-	if err := q.nf.SetOption(netlink.NoENOBUFS, true); err != nil {
-		return fmt.Errorf("set NETLINK_NO_ENOBUFS: %w", err)
-	}
-	rc, err := q.nf.Con.SyscallConn()
-	if err != nil {
-		return err
-	}
-	size := int(q.i.cfg.MaxQueueLen) * rcvBufPerPacket
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		// SO_RCVBUFFORCE passes net.core.rmem_max; it needs
-		// CAP_NET_ADMIN in the initial user namespace.
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		// In a container, take what rmem_max allows.
-		if err := q.nf.Con.SetReadBuffer(size); err != nil {
-			return fmt.Errorf("set receive buffer to %d bytes: %w", size, err)
-		}
-	}
-	filter, err := bpf.Assemble(dropPacketMessages())
-	if err != nil {
-		return err
-	}
-	if err := q.nf.Con.SetBPF(filter); err != nil {
-		return fmt.Errorf("attach socket filter: %w", err)
-	}
-	return nil
-}
-
-// dropPacketMessages is a socket filter that drops netlink messages of
-// type msgPacket and keeps the others.
-func dropPacketMessages() []bpf.Instruction {
-	// nlmsg_type is in host byte order; BPF loads in network byte order.
-	var typ [2]byte
-	binary.NativeEndian.PutUint16(typ[:], msgPacket)
-	return []bpf.Instruction{
-		bpf.LoadAbsolute{Off: 4, Size: 2}, // struct nlmsghdr: len (4), type (2)
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(binary.BigEndian.Uint16(typ[:])), SkipTrue: 1},
-		bpf.RetConstant{Val: 0xffff_ffff}, // keep the whole message
-		bpf.RetConstant{Val: 0},           // drop it
-	}
+	return nfqsetup.Prepare(q.nf, int(q.i.cfg.MaxQueueLen)*rcvBufPerPacket)
 }
 
 // hook is the receive loop's callback for each queued packet.
@@ -176,17 +121,16 @@ func (q *nfQueue) hook(a nfqueue.Attribute) int {
 
 // acceptFiltered accepts the packets queued before first, the id of the
 // first packet message the receive loop read: the filter of setup dropped
-// their messages. The kernel numbers a queue's packets from 1 and sends
-// their messages in order, and a batch verdict applies to every packet up
-// to its id.
+// their messages.
 func (q *nfQueue) acceptFiltered(first uint32) {
-	if first <= 1 {
-		return
-	}
-	q.i.log.Debug("accepting packets queued while the queue was configured", "queue", q.i.cfg.Queue, "count", first-1)
-	if err := q.nf.SetVerdictBatch(first-1, nfqueue.NfAccept); err != nil {
+	n, err := nfqsetup.AcceptBefore(q.nf, first)
+	if err != nil {
 		q.i.verdictErrors.Add(1)
 		q.i.log.Error("accept packets queued while the queue was configured", "queue", q.i.cfg.Queue, "err", err)
+		return
+	}
+	if n > 0 {
+		q.i.log.Debug("accepting packets queued while the queue was configured", "queue", q.i.cfg.Queue, "count", n)
 	}
 }
 

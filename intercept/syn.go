@@ -32,11 +32,46 @@ func (n Native) String() string {
 	return fmt.Sprintf("Native(%d)", uint8(n))
 }
 
+// MPConvert classifies the MP_CONVERT options (draft-boucadair-mptcp-plain-mode
+// section 4) at the start of a SYN's data.
+type MPConvert uint8
+
+const (
+	// MPConvertNone: the captured data does not start with an MP_CONVERT
+	// option.
+	MPConvertNone MPConvert = iota
+	// MPConvertAddr: the data starts with MP_CONVERT options, none of them an
+	// empty destination option: the request of an off-path MCP.
+	MPConvertAddr
+	// MPConvertEmpty: among the MP_CONVERT options at the start of the data
+	// is an empty destination option (length 4, D bit clear), which asks
+	// an on-path MCP to terminate the connection (section 6.2.1).
+	MPConvertEmpty
+)
+
+func (c MPConvert) String() string {
+	switch c {
+	case MPConvertNone:
+		return "none"
+	case MPConvertAddr:
+		return "address"
+	case MPConvertEmpty:
+		return "empty"
+	}
+	return fmt.Sprintf("MPConvert(%d)", uint8(c))
+}
+
 // SYN is the part of a TCP SYN the decision needs.
 type SYN struct {
 	Src, Dst netip.AddrPort
 	MPTCP    Native
 	DataLen  int // TCP payload bytes carried by the SYN (TFO data)
+	// Token is the receiver's token of an MP_JOIN SYN, which names the
+	// connection the subflow joins (RFC 8684 section 3.2); 0 otherwise.
+	Token uint32
+	// MPConvert classifies the MP_CONVERT options that begin the data, as
+	// far as it was captured.
+	MPConvert MPConvert
 }
 
 // Header constants (RFC 791, RFC 8200, RFC 9293, RFC 8684).
@@ -60,6 +95,15 @@ const (
 
 	mptcpSubtypeCapable = 0
 	mptcpSubtypeJoin    = 1
+	// mptcpSubtypeConvert is MP_CONVERT's early-deployment subtype
+	// (draft-boucadair-mptcp-plain-mode section 4).
+	mptcpSubtypeConvert = 0xe
+	// convertMaxOptions is how many MP_CONVERT options a SYN may carry;
+	// lenConvertEmpty is the length of one without address or port;
+	// convertDBit is the D bit in its third byte.
+	convertMaxOptions = 2
+	lenConvertEmpty   = 4
+	convertDBit       = 0x08
 	// Lengths of the MPTCP options a SYN may carry: MP_CAPABLE version 1
 	// (RFC 8684) or version 0 (RFC 6824) and MP_JOIN.
 	lenCapableV1 = 4
@@ -71,7 +115,8 @@ const (
 // at the IP header), that holds a TCP segment with SYN set and ACK, RST and
 // FIN clear.
 //
-// ParseSYN is strict and reads only the headers. It rejects, with an error
+// ParseSYN is strict and reads only the headers and the MP_CONVERT
+// options at the start of the data. It rejects, with an error
 // saying why:
 //   - an IP version other than 4 or 6, an IPv4 header length below 20, an IP
 //     length field shorter than the headers it must cover, or more captured
@@ -89,7 +134,10 @@ const (
 //     or MP_JOIN option of a length the RFCs do not define for a SYN.
 //
 // The capture may end anywhere after the TCP header (NFQUEUE's copy range):
-// DataLen comes from the IP length fields, not from len(pkt). ParseSYN checks
+// DataLen comes from the IP length fields, not from len(pkt), and MPConvert
+// looks only at the MP_CONVERT options whose bytes were captured, at most
+// two (section 4 of the plain-mode draft); it does not check their fields
+// beyond the kind, length, subtype and D bit. ParseSYN checks
 // no checksums: the kernel verified the IPv4 header before the packet was
 // queued, and the TCP checksum covers bytes the capture may not have.
 //
@@ -175,21 +223,44 @@ func ParseSYN(pkt []byte) (SYN, error) {
 	if sport == 0 || dport == 0 {
 		return SYN{}, fmt.Errorf("tcp port 0 (%d -> %d)", sport, dport)
 	}
-	native, err := parseOptions(seg[tcpMinHeaderLen:doff])
+	native, token, err := parseOptions(seg[tcpMinHeaderLen:doff])
 	if err != nil {
 		return SYN{}, err
 	}
+	data := seg[doff:min(len(seg), segLen)]
 	return SYN{
-		Src:     netip.AddrPortFrom(src, sport),
-		Dst:     netip.AddrPortFrom(dst, dport),
-		MPTCP:   native,
-		DataLen: segLen - doff,
+		Src:       netip.AddrPortFrom(src, sport),
+		Dst:       netip.AddrPortFrom(dst, dport),
+		MPTCP:     native,
+		DataLen:   segLen - doff,
+		Token:     token,
+		MPConvert: classifyConvert(data),
 	}, nil
 }
 
+// classifyConvert classifies the MP_CONVERT options at the start of the
+// captured SYN data.
+func classifyConvert(data []byte) MPConvert {
+	c := MPConvertNone
+	for n := 0; n < convertMaxOptions && len(data) >= 3; n++ {
+		l := int(data[1])
+		if data[0] != optMPTCP || data[2]>>4 != mptcpSubtypeConvert || l < lenConvertEmpty || l > len(data) {
+			break
+		}
+		if c == MPConvertNone {
+			c = MPConvertAddr
+		}
+		if l == lenConvertEmpty && data[2]&convertDBit == 0 {
+			c = MPConvertEmpty
+		}
+		data = data[l:]
+	}
+	return c
+}
+
 // parseOptions walks the TCP options of a SYN and classifies its MPTCP
-// options.
-func parseOptions(opts []byte) (Native, error) {
+// options; token is the token of the first MP_JOIN option.
+func parseOptions(opts []byte) (n Native, token uint32, err error) {
 	var capable, join bool
 	for i := 0; i < len(opts); {
 		kind := opts[i]
@@ -201,28 +272,31 @@ func parseOptions(opts []byte) (Native, error) {
 			continue
 		}
 		if i+1 >= len(opts) {
-			return NativeNone, fmt.Errorf("tcp option %d at offset %d has no length byte", kind, tcpMinHeaderLen+i)
+			return NativeNone, 0, fmt.Errorf("tcp option %d at offset %d has no length byte", kind, tcpMinHeaderLen+i)
 		}
 		l := int(opts[i+1])
 		if l < 2 {
-			return NativeNone, fmt.Errorf("tcp option %d at offset %d has length %d", kind, tcpMinHeaderLen+i, l)
+			return NativeNone, 0, fmt.Errorf("tcp option %d at offset %d has length %d", kind, tcpMinHeaderLen+i, l)
 		}
 		if i+l > len(opts) {
-			return NativeNone, fmt.Errorf("tcp option %d at offset %d of length %d overruns the %d-byte header", kind, tcpMinHeaderLen+i, l, tcpMinHeaderLen+len(opts))
+			return NativeNone, 0, fmt.Errorf("tcp option %d at offset %d of length %d overruns the %d-byte header", kind, tcpMinHeaderLen+i, l, tcpMinHeaderLen+len(opts))
 		}
 		if kind == optMPTCP {
 			if l < 3 {
-				return NativeNone, fmt.Errorf("mptcp option of length %d has no subtype", l)
+				return NativeNone, 0, fmt.Errorf("mptcp option of length %d has no subtype", l)
 			}
 			switch sub := opts[i+2] >> 4; sub {
 			case mptcpSubtypeCapable:
 				if l != lenCapableV1 && l != lenCapableV0 {
-					return NativeNone, fmt.Errorf("MP_CAPABLE option of length %d, want %d or %d in a syn", l, lenCapableV1, lenCapableV0)
+					return NativeNone, 0, fmt.Errorf("MP_CAPABLE option of length %d, want %d or %d in a syn", l, lenCapableV1, lenCapableV0)
 				}
 				capable = true
 			case mptcpSubtypeJoin:
 				if l != lenJoinSYN {
-					return NativeNone, fmt.Errorf("MP_JOIN option of length %d, want %d in a syn", l, lenJoinSYN)
+					return NativeNone, 0, fmt.Errorf("MP_JOIN option of length %d, want %d in a syn", l, lenJoinSYN)
+				}
+				if !join {
+					token = binary.BigEndian.Uint32(opts[i+4 : i+8])
 				}
 				join = true
 			}
@@ -231,9 +305,9 @@ func parseOptions(opts []byte) (Native, error) {
 	}
 	switch {
 	case capable:
-		return NativeCapable, nil
+		return NativeCapable, 0, nil
 	case join:
-		return NativeJoin, nil
+		return NativeJoin, token, nil
 	}
-	return NativeNone, nil
+	return NativeNone, 0, nil
 }

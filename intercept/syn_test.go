@@ -77,12 +77,12 @@ var validSYNs = []struct {
 	{
 		name: "ipv4 MP_JOIN",
 		pkt:  intercepttest.SYN(src4, dst4, intercepttest.MSS(1460), intercepttest.MPJoin(0xdeadbeef, 7)),
-		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeJoin},
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeJoin, Token: 0xdeadbeef},
 	},
 	{
 		name: "ipv6 MP_JOIN with backup bit",
 		pkt:  intercepttest.SYN(src6, dst6, intercepttest.RawOptions(30, 12, 0x11, 3, 0, 0, 0, 1, 0, 0, 0, 2)),
-		want: intercept.SYN{Src: src6, Dst: dst6, MPTCP: intercept.NativeJoin},
+		want: intercept.SYN{Src: src6, Dst: dst6, MPTCP: intercept.NativeJoin, Token: 1},
 	},
 	{
 		name: "MP_JOIN and MP_CAPABLE: capable wins",
@@ -98,6 +98,60 @@ var validSYNs = []struct {
 		name: "options after EOL are ignored",
 		pkt:  intercepttest.SYN(src4, dst4, intercepttest.RawOptions(1, 0, 30, 1)),
 		want: intercept.SYN{Src: src4, Dst: dst4},
+	},
+	{
+		name: "on-path request: empty MP_CONVERT and EOL in the data",
+		pkt:  intercepttest.SYN(src4, dst4, with(intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 4, 0xe0, 6, 0}))...),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 5, MPConvert: intercept.MPConvertEmpty},
+	},
+	{
+		name: "on-path request with a source option after the empty one",
+		pkt: intercepttest.SYN(src6, dst6, with(intercepttest.MPCapable(), intercepttest.Payload([]byte{
+			30, 4, 0xe0, 6, 30, 8, 0xe8, 6, 203, 0, 113, 5, 0, 'G', 'E', 'T'}))...),
+		want: intercept.SYN{Src: src6, Dst: dst6, MPTCP: intercept.NativeCapable, DataLen: 16, MPConvert: intercept.MPConvertEmpty},
+	},
+	{
+		name: "on-path request with the source option first",
+		pkt: intercepttest.SYN(src4, dst4, with(intercepttest.MPCapable(), intercepttest.Payload([]byte{
+			30, 8, 0xe8, 6, 203, 0, 113, 5, 30, 4, 0xe0, 6, 0}))...),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 13, MPConvert: intercept.MPConvertEmpty},
+	},
+	{
+		name: "off-path request: MP_CONVERT with address and port",
+		pkt: intercepttest.SYN(src4, dst4, with(intercepttest.MPCapable(), intercepttest.Payload([]byte{
+			30, 10, 0xe0, 6, 198, 51, 100, 7, 0x01, 0xbb, 0}))...),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 11, MPConvert: intercept.MPConvertAddr},
+	},
+	{
+		name: "an empty source option (D=1) is not an on-path request",
+		pkt:  intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 4, 0xe8, 6, 0})),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 5, MPConvert: intercept.MPConvertAddr},
+	},
+	{
+		name: "a third MP_CONVERT option is not looked at",
+		pkt: intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{
+			30, 8, 0xe0, 6, 1, 2, 3, 4, 30, 8, 0xe8, 6, 1, 2, 3, 4, 30, 4, 0xe0, 6, 0})),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 21, MPConvert: intercept.MPConvertAddr},
+	},
+	{
+		name: "MP_CONVERT in a SYN without MP_CAPABLE is reported as seen",
+		pkt:  intercepttest.SYN(src4, dst4, with(intercepttest.Payload([]byte{30, 4, 0xe0, 6, 0}))...),
+		want: intercept.SYN{Src: src4, Dst: dst4, DataLen: 5, MPConvert: intercept.MPConvertEmpty},
+	},
+	{
+		name: "another MPTCP subtype in the data is not MP_CONVERT",
+		pkt:  intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 4, 0xd0, 6, 0})),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 5},
+	},
+	{
+		name: "MP_CONVERT length below 4 stops the walk",
+		pkt:  intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 3, 0xe0, 6, 0})),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 5},
+	},
+	{
+		name: "empty MP_CONVERT cut by the capture is not seen",
+		pkt:  intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 4, 0xe0, 6, 0}))[:20+24+3],
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 5},
 	},
 	{
 		name: "ipv4 TFO data",
@@ -211,9 +265,10 @@ func TestParseSYNErrors(t *testing.T) {
 	}
 }
 
-// maxHeaders is the most a SYN's headers can take: a 60-byte IPv4 header
-// and a 60-byte TCP header. ParseSYN never reads further.
-const maxHeaders = 120
+// maxCapture is the most of a SYN that ParseSYN reads: a 60-byte IPv4
+// header, a 60-byte TCP header and two MP_CONVERT options of at most 22
+// bytes each.
+const maxCapture = 120 + 2*22
 
 func FuzzParseSYN(f *testing.F) {
 	// Every table packet, valid and invalid.
@@ -227,6 +282,10 @@ func FuzzParseSYN(f *testing.F) {
 	// walker branches on.
 	f.Add(intercepttest.SYN(src4, dst4, intercepttest.RawOptions(30, 3, 0x10, 30, 4, 0x00, 1, 0, 2, 4)))
 	f.Add(intercepttest.SYN(src6, dst6, intercepttest.RawOptions(1, 1, 30, 12, 0x1f, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 0)))
+	// MP_CONVERT soup in the data: lengths 0 to 22, both D bits, a
+	// length that overruns the capture.
+	f.Add(intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 22, 0xe8, 6, 30, 0, 0xe0, 30, 4, 0xe0, 6})))
+	f.Add(intercepttest.SYN(src6, dst6, intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 4, 0xe8, 6, 30, 40, 0xe0, 6})))
 	f.Fuzz(func(t *testing.T, pkt []byte) {
 		s, err := intercept.ParseSYN(pkt)
 		if err != nil {
@@ -239,12 +298,15 @@ func FuzzParseSYN(f *testing.F) {
 		if s.Src.Port() == 0 || s.Dst.Port() == 0 || s.DataLen < 0 || s.DataLen > 65535-20 || s.MPTCP > intercept.NativeJoin {
 			t.Fatalf("ParseSYN(% x) = %+v: field out of range", pkt, s)
 		}
-		// Bounded: a capture cut after the headers parses the same.
-		if len(pkt) > maxHeaders {
-			cut, err := intercept.ParseSYN(pkt[:maxHeaders])
+		// Bounded: a capture cut after what it reads parses the same.
+		if len(pkt) > maxCapture {
+			cut, err := intercept.ParseSYN(pkt[:maxCapture])
 			if err != nil || cut != s {
-				t.Fatalf("ParseSYN(% x) = %+v but its first %d bytes give %+v, %v", pkt, s, maxHeaders, cut, err)
+				t.Fatalf("ParseSYN(% x) = %+v but its first %d bytes give %+v, %v", pkt, s, maxCapture, cut, err)
 			}
+		}
+		if s.Token != 0 && s.MPTCP != intercept.NativeJoin || s.MPConvert > intercept.MPConvertEmpty || s.MPConvert != intercept.MPConvertNone && s.DataLen < 4 {
+			t.Fatalf("ParseSYN(% x) = %+v: token or MP_CONVERT out of range", pkt, s)
 		}
 		// Round trip: a SYN built from the result parses to the same.
 		var opts []intercepttest.Option
@@ -252,9 +314,16 @@ func FuzzParseSYN(f *testing.F) {
 		case intercept.NativeCapable:
 			opts = append(opts, intercepttest.MPCapable())
 		case intercept.NativeJoin:
-			opts = append(opts, intercepttest.MPJoin(1, 2))
+			opts = append(opts, intercepttest.MPJoin(s.Token, 2))
 		}
-		opts = append(opts, intercepttest.Payload(make([]byte, s.DataLen)))
+		data := make([]byte, s.DataLen)
+		switch s.MPConvert {
+		case intercept.MPConvertEmpty:
+			copy(data, []byte{30, 4, 0xe0, 6})
+		case intercept.MPConvertAddr:
+			copy(data, []byte{30, 4, 0xe8, 6}) // an empty source option
+		}
+		opts = append(opts, intercepttest.Payload(data))
 		again, err := intercept.ParseSYN(intercepttest.SYN(s.Src, s.Dst, opts...))
 		if err != nil || again != s {
 			t.Fatalf("ParseSYN(% x) = %+v, but a SYN built from that parses to %+v, %v", pkt, s, again, err)
