@@ -17,9 +17,10 @@ import (
 
 const (
 	// copyRange is how much of each packet the kernel copies to us: the
-	// longest IPv4 header (60 bytes) or the IPv6 header (40) plus the
-	// longest TCP header (60). ParseSYN needs nothing beyond.
-	copyRange = 128
+	// longest IPv4 header (60 bytes; IPv6's is 40) plus the longest TCP
+	// header (60) plus the longest MP_CONVERT header in the SYN data (45,
+	// which an on-path MCP classifies). ParseSYN needs nothing beyond.
+	copyRange = 60 + 60 + 45
 	// rcvBufPerPacket is the socket receive buffer reserved per queue
 	// slot. A packet message is under 300 bytes, but netlink charges the
 	// buffer with each message's truesize, about 1 KiB here.
@@ -30,7 +31,7 @@ const (
 // SYNs to cfg.Handler. It needs CAP_NET_ADMIN in the network namespace of
 // the queue. It fails if another socket has bound the queue.
 //
-// The queue is bound in copy-packet mode with a copy range of 128 bytes,
+// The queue is bound in copy-packet mode with a copy range of 165 bytes,
 // with the kernel flags FAIL_OPEN (a full queue or receive buffer accepts
 // packets instead of dropping them) and GSO, and with cfg.MaxQueueLen
 // slots. SYNs that the kernel queues while Open configures the queue are
