@@ -7,12 +7,22 @@
 #   testbed.sh down ID            remove every namespace of testbed ID
 #   testbed.sh exec ID NODE CMD.. run CMD in NODE of testbed ID
 #   testbed.sh ns ID NODE         print the namespace name of NODE
+#   testbed.sh link ID LINK SET.. change link dsl or lte while traffic runs:
+#                                 rate=R (tc rate, both directions), and with
+#                                 the emulator delay=D jitter=D loss=P up down
 #
-# ID is 1-12 characters of [a-z0-9]; NODE is one of lan cpe cgn core mcp srv.
+# ID is 1-12 characters of [a-z0-9]; NODE is one of lan cpe cgn core mcp srv
+# (and mcpr with ONPATH=1).
 # Each node is the network namespace mcpt-ID-NODE, so testbeds with different
 # IDs never collide. Environment: DSL_RATE (default 20mbit) and LTE_RATE
 # (default 40mbit) shape both directions of each access link with tbf; 0
-# leaves that link unshaped.
+# leaves that link unshaped. LINKEMU, the path of a linkemu binary
+# (internal/cmd/linkemu), runs the link emulator on both directions of both
+# access links (NFQUEUE 101 for DSL, 102 for LTE, on the sending side's
+# mangle POSTROUTING, before tbf); DSL_LINK and LTE_LINK are its initial
+# settings per direction, e.g. "delay=10ms jitter=1ms loss=0.01" (default:
+# none). Without LINKEMU no emulator runs. ONPATH=1 inserts the router mcpr,
+# where an on-path MCP runs, between core and srv (see below).
 #
 #   lan eth0 ── lan0 cpe wan0 ("dsl") ─────────── dsl0 core mcp0 ── eth0 mcp
 #                        wan1 ("lte") ── lte0 cgn up0 ── cgn0    srv0 ── eth0 srv
@@ -28,10 +38,18 @@
 #   mcp   eth0 198.51.100.1/24 2001:db8:4::1/64; default via .254 / ::fe
 #   srv   eth0 203.0.113.10/24 2001:db8:5::10/64; default via .1 / ::1
 #
+# With ONPATH=1, core srv0 ── up0 mcpr down0 ── eth0 srv, srv unchanged:
+#   core  srv0 10.0.3.1/24 2001:db8:3::1/64; 203.0.113.0/24 and
+#         2001:db8:5::/64 via mcpr
+#   mcpr  up0 10.0.3.2/24 2001:db8:3::2/64, default via core;
+#         down0 203.0.113.1/24 2001:db8:5::1/64; forwarding, rp_filter 0
+#
 # Only ip, tc, iptables and ip6tables are used. Must run as root.
 set -euo pipefail
 
 readonly nodes=(lan cpe cgn core mcp srv)
+# onpath_nodes are the nodes ONPATH=1 adds.
+readonly onpath_nodes=(mcpr)
 
 die() {
 	echo "testbed.sh: $*" >&2
@@ -39,7 +57,7 @@ die() {
 }
 
 usage() {
-	sed -n '5,9s/^# //p' "$0" >&2
+	sed -n '5,12s/^# //p' "$0" >&2
 	exit 2
 }
 
@@ -49,13 +67,16 @@ check_id() {
 
 check_node() {
 	local n
-	for n in "${nodes[@]}"; do
+	for n in "${nodes[@]}" "${onpath_nodes[@]}"; do
 		[[ $1 == "$n" ]] && return 0
 	done
 	die "unknown node \"$1\": want one of ${nodes[*]}"
 }
 
 ns() { echo "mcpt-$1-$2"; }
+
+# rundir prints the directory of testbed $1's emulator settings and logs.
+rundir() { echo "/run/mcpt-$1"; }
 
 # namespaces prints the names of the existing namespaces of testbed $1.
 namespaces() {
@@ -134,11 +155,15 @@ up() {
 	# whatever was made by then.
 	# shellcheck disable=SC2064 # expand $id now.
 	trap "echo 'testbed.sh: up $id failed; tearing down' >&2; down $id" EXIT
-	local lan cpe cgn core mcp srv n N
+	local lan cpe cgn core mcp srv mcpr n N onpath=${ONPATH:-0}
+	[[ $onpath == 0 || $onpath == 1 ]] || die "bad ONPATH \"$onpath\": want 0 or 1"
 	lan=$(ns "$id" lan) cpe=$(ns "$id" cpe) cgn=$(ns "$id" cgn)
 	core=$(ns "$id" core) mcp=$(ns "$id" mcp) srv=$(ns "$id" srv)
+	mcpr=$(ns "$id" mcpr)
+	local -a made=("${nodes[@]}")
+	((onpath)) && made+=("${onpath_nodes[@]}")
 
-	for n in "${nodes[@]}"; do
+	for n in "${made[@]}"; do
 		N=$(ns "$id" "$n")
 		ip netns add "$N"
 		ip -n "$N" link set lo up
@@ -159,7 +184,14 @@ up() {
 	veth "$cpe" wan1 "$cgn" lte0
 	veth "$cgn" up0 "$core" cgn0
 	veth "$core" mcp0 "$mcp" eth0
-	veth "$core" srv0 "$srv" eth0
+	if ((onpath)); then
+		N=$mcpr
+		nsexec sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+		veth "$core" srv0 "$mcpr" up0
+		veth "$mcpr" down0 "$srv" eth0
+	else
+		veth "$core" srv0 "$srv" eth0
+	fi
 
 	addr "$lan" eth0 192.168.1.2/24
 	addr "$lan" eth0 fd00:1::2/64
@@ -196,8 +228,23 @@ up() {
 	addr "$core" cgn0 10.0.2.1/24
 	addr "$core" mcp0 198.51.100.254/24
 	addr "$core" mcp0 2001:db8:4::fe/64
-	addr "$core" srv0 203.0.113.1/24
-	addr "$core" srv0 2001:db8:5::1/64
+	if ((onpath)); then
+		addr "$core" srv0 10.0.3.1/24
+		addr "$core" srv0 2001:db8:3::1/64
+		ip -n "$core" route add 203.0.113.0/24 via 10.0.3.2
+		ip -n "$core" -6 route add 2001:db8:5::/64 via 2001:db8:3::2
+		addr "$mcpr" up0 10.0.3.2/24
+		addr "$mcpr" up0 2001:db8:3::2/64
+		addr "$mcpr" down0 203.0.113.1/24
+		addr "$mcpr" down0 2001:db8:5::1/64
+		ip -n "$mcpr" route add default via 10.0.3.1
+		ip -n "$mcpr" -6 route add default via 2001:db8:3::1
+		N=$mcpr
+		nsexec sysctl -qw net.ipv4.conf.up0.rp_filter=0 net.ipv4.conf.down0.rp_filter=0
+	else
+		addr "$core" srv0 203.0.113.1/24
+		addr "$core" srv0 2001:db8:5::1/64
+	fi
 
 	addr "$mcp" eth0 198.51.100.1/24
 	addr "$mcp" eth0 2001:db8:4::1/64
@@ -213,7 +260,99 @@ up() {
 	shape "$core" dsl0 "$dsl"
 	shape "$cpe" wan1 "$lte"
 	shape "$cgn" lte0 "$lte"
+	if [[ -n ${LINKEMU:-} ]]; then
+		emulate "$id" dsl "${DSL_LINK:-}" 101 "$cpe" wan0 "$core" dsl0
+		emulate "$id" lte "${LTE_LINK:-}" 102 "$cpe" wan1 "$cgn" lte0
+	fi
 	trap - EXIT
+}
+
+# emulate runs $LINKEMU on link $2 of testbed $1 with settings $3 on queue
+# $4: in namespace $5 for the packets leaving $6, in namespace $7 for those
+# leaving $8. Both read the settings file $2.conf; link() changes it.
+emulate() {
+	local id=$1 link=$2 settings=$3 q=$4 dir N dev log i=0
+	dir=$(rundir "$id")
+	mkdir -p "$dir"
+	printf '%s\n' "$settings" >"$dir/$link.conf"
+	shift 4
+	while (($#)); do
+		N=$1 dev=$2 log=$dir/$link-$2.log
+		shift 2
+		# Not through nsexec: $! must be linkemu's PID (ip execs into it).
+		ip netns exec "$N" "$LINKEMU" -queue "$q" -config "$dir/$link.conf" -seed $((q * 2 + i)) </dev/null >"$log" 2>&1 &
+		echo $! >>"$dir/$link.pids"
+		i=$((i + 1))
+		local t
+		for ((t = 0; t < 100; t++)); do
+			grep -q "linkemu running" "$log" && break
+			kill -0 $! 2>/dev/null || die "linkemu for $link ($dev) exited: $(cat "$log")"
+			sleep 0.05
+		done
+		grep -q "linkemu running" "$log" || die "linkemu for $link ($dev) did not start: $(cat "$log")"
+		nsexec iptables -t mangle -A POSTROUTING -o "$dev" -j NFQUEUE --queue-num "$q"
+		nsexec ip6tables -t mangle -A POSTROUTING -o "$dev" -j NFQUEUE --queue-num "$q"
+	done
+}
+
+# link changes link $2 (dsl or lte) of testbed $1: "rate=R" replaces the tbf
+# of both directions (0: unshaped), the other settings go to the emulator.
+link() {
+	local id=$1 link=$2 dir w key
+	shift 2
+	dir=$(rundir "$id")
+	local -a devs
+	case $link in
+	dsl) devs=("$(ns "$id" cpe)" wan0 "$(ns "$id" core)" dsl0) ;;
+	lte) devs=("$(ns "$id" cpe)" wan1 "$(ns "$id" cgn)" lte0) ;;
+	*) die "unknown link \"$link\": want dsl or lte" ;;
+	esac
+	local -A set=()
+	local -a order=()
+	if [[ -f $dir/$link.conf ]]; then
+		for w in $(<"$dir/$link.conf"); do
+			key=${w%%=*}
+			[[ $key == up || $key == down ]] && key=state
+			set[$key]=$w
+			order+=("$key")
+		done
+	fi
+	local rate="" emu=0
+	for w in "$@"; do
+		key=${w%%=*}
+		case $key in
+		rate) rate=${w#rate=} ;;
+		up | down) set[state]=$w order+=(state) emu=1 ;;
+		delay | jitter | loss) set[$key]=$w order+=("$key") emu=1 ;;
+		*) die "bad link setting \"$w\": want rate=R delay=D jitter=D loss=P up or down" ;;
+		esac
+	done
+	if [[ -n $rate ]]; then
+		[[ $rate == 0 ]] || burst_limit "$rate" >/dev/null
+		local i
+		for ((i = 0; i < 4; i += 2)); do
+			if [[ $rate == 0 ]]; then
+				tc -n "${devs[i]}" qdisc del dev "${devs[i + 1]}" root 2>/dev/null || true
+			else
+				shape "${devs[i]}" "${devs[i + 1]}" "$rate"
+			fi
+		done
+	fi
+	((emu)) || return 0
+	[[ -f $dir/$link.pids ]] || die "no link emulator on $link of testbed $id (start it with LINKEMU)"
+	local line="" k
+	local -A seen=()
+	for k in "${order[@]}"; do
+		[[ -n ${seen[$k]:-} ]] && continue
+		seen[$k]=1
+		line+="${set[$k]} "
+	done
+	printf '%s\n' "$line" >"$dir/$link.conf.tmp"
+	mv "$dir/$link.conf.tmp" "$dir/$link.conf"
+	local p
+	while read -r p; do
+		kill -HUP "$p"
+	done <"$dir/$link.pids"
 }
 
 # down removes every namespace of testbed $1. Processes still running in
@@ -246,6 +385,7 @@ down() {
 	for N in "${all[@]}"; do
 		ip netns del "$N" 2>/dev/null || true
 	done
+	rm -rf "$(rundir "$id")"
 }
 
 (($# >= 2)) || usage
@@ -268,6 +408,12 @@ ns)
 	(($# == 3)) || usage
 	check_node "$3"
 	ns "$id" "$3"
+	;;
+link)
+	(($# >= 4)) || usage
+	[[ ${EUID} -eq 0 ]] || die "must run as root"
+	shift 2
+	link "$id" "$@"
 	;;
 *) usage ;;
 esac

@@ -27,6 +27,18 @@ type Options struct {
 	// directions of the DSL and LTE links. "" means the script's default
 	// (20mbit and 40mbit), "0" leaves the link unshaped.
 	DSLRate, LTERate string
+	// Emulate runs the link emulator (internal/cmd/linkemu) on both
+	// directions of both access links, so that SetLink can change their
+	// delay, jitter, loss and state while traffic runs. DSLLink and
+	// LTELink are its initial settings per direction, in
+	// linkemu.ParseParams' syntax ("delay=10ms jitter=1ms loss=0.01");
+	// "" adds nothing. Without Emulate they must be "".
+	Emulate          bool
+	DSLLink, LTELink string
+	// OnPath inserts the router mcpr between core and srv (ONPATH=1 in
+	// scripts/testbed.sh), where an on-path mcpgw runs; srv keeps its
+	// addresses.
+	OnPath bool
 }
 
 // Testbed is one running testbed. Its methods are safe for concurrent use.
@@ -60,7 +72,17 @@ func Up(t testing.TB, o Options) *Testbed {
 	tb := &Testbed{ID: newID(t), script: filepath.Join(moduleRoot(t), "scripts", "testbed.sh")}
 	// Register before "up": a half-built testbed is removed too.
 	t.Cleanup(func() { tb.down(t) })
-	env := withoutVars(os.Environ(), "DSL_RATE", "LTE_RATE")
+	if !o.Emulate && (o.DSLLink != "" || o.LTELink != "") {
+		t.Fatalf("testbed: link settings %q, %q need Options.Emulate", o.DSLLink, o.LTELink)
+	}
+	env := withoutVars(os.Environ(), "DSL_RATE", "LTE_RATE", "LINKEMU", "DSL_LINK", "LTE_LINK", "ONPATH")
+	if o.OnPath {
+		env = append(env, "ONPATH=1")
+	}
+	if o.Emulate {
+		env = append(env, "LINKEMU="+BuildBinary(t, "./internal/cmd/linkemu"),
+			"DSL_LINK="+o.DSLLink, "LTE_LINK="+o.LTELink)
+	}
 	if o.DSLRate != "" {
 		env = append(env, "DSL_RATE="+o.DSLRate)
 	}
@@ -125,6 +147,21 @@ func (tb *Testbed) down(t testing.TB) {
 			t.Errorf("testbed %s down: %v\n%s", tb.ID, err, out)
 		}
 	})
+}
+
+// SetLink changes access link "dsl" or "lte" in both directions while
+// traffic runs ("testbed.sh link"): "rate=R" (a tc rate, "0" for none)
+// needs nothing else; "delay=D", "jitter=D", "loss=P", "up" and "down" need
+// Options.Emulate and keep the settings not named. The emulator applies
+// them within milliseconds of the return.
+func (tb *Testbed) SetLink(t testing.TB, link string, settings ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "bash", append([]string{tb.script, "link", tb.ID, link}, settings...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("testbed %s: link %s %s: %v\n%s", tb.ID, link, strings.Join(settings, " "), err, out)
+	}
 }
 
 // NS returns the name of node's network namespace.
