@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mcpagent/mcpagent/config"
+	"github.com/mcpagent/mcpagent/control"
 	"github.com/mcpagent/mcpagent/firewall"
 	"github.com/mcpagent/mcpagent/intercept"
 	"github.com/mcpagent/mcpagent/mptcpleg"
@@ -56,13 +57,18 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		return err
 	}
 	undo = append(undo, eps.close)
+	pol := policy.New(policy.Config{MCPs: cfg.MCP.Addrs, Fallback: fallbackAction(cfg.Fallback)})
+	prov, inf := startDHCP(cfg, pol, log.With("component", "dhcp"))
+	if inf != nil {
+		undo = append(undo, inf.close)
+	}
 	rt, err := route.Start(route.Config{
 		Uplinks:      uplinks,
 		TProxyMark:   tproxyMark,
 		MarkMask:     mask,
 		TProxyTable:  cfg.Routing.TableBase,
 		RulePriority: cfg.Routing.RulePref,
-		OnChange:     eps.apply,
+		OnChange:     func(s []route.UplinkState) { eps.apply(s); inf.uplinksChanged(s) },
 		Logger:       log.With("component", "route"),
 	})
 	if err != nil {
@@ -72,8 +78,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	eps.refresh(rt.State)
 
 	legCtx, cancelLegs := context.WithCancel(context.Background())
-	pol := policy.New(policy.Config{MCPs: cfg.MCP.Addrs, Fallback: fallbackAction(cfg.Fallback)})
-	conv := newConverter(legCtx, pol, legDialer(cfg.LegFastOpen), time.Duration(cfg.LegTimeout), log.With("component", "convert"))
+	// On path, MP_CONVERT must travel in the SYN: that is all an on-path
+	// MCP sees when it decides whether to take the connection over.
+	onPath := cfg.MCP.Mode == config.MCPModeOnPath
+	conv := newConverter(legCtx, pol, legDialer(cfg.LegFastOpen || onPath), time.Duration(cfg.LegTimeout), log.With("component", "convert"))
+	conv.onPath, conv.source = onPath, cfg.MCP.Source()
 	var probes sync.WaitGroup
 	undo = append(undo, func() { cancelLegs(); probes.Wait(); conv.close() })
 
@@ -107,7 +116,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	// Closing the interceptor releases held SYNs unconverted: fail-open.
 	undo = append(undo, func() { ic.Close() })
 
-	fw, err := firewall.Install(ctx, firewall.Rules{
+	fw, err := firewall.Install(ctx, firewall.Backend(cfg.Firewall), firewall.Rules{
 		LANInterfaces: cfg.LANInterfaces,
 		Queue:         cfg.Netfilter.Queue,
 		TProxyPort:    cfg.Netfilter.TProxyPort,
@@ -121,7 +130,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 	undo = append(undo, func() { fw.Close() })
 
-	log.Info("agent running", "lan", cfg.LANInterfaces, "uplinks", len(cfg.Uplinks), "mcp", cfg.MCP.Addrs, "fallback", cfg.Fallback)
+	ctl, err := control.Listen(control.Config{Path: cfg.ControlSocket, DHCP: dhcpHandler(cfg, prov), Logger: log.With("component", "control")})
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { ctl.Close() })
+	replayDHCP(cfg, prov)
+
+	log.Info("agent running", "lan", cfg.LANInterfaces, "uplinks", len(cfg.Uplinks), "mcp", cfg.MCP.Addrs, "mcp_source", mcpSource(cfg), "fallback", cfg.Fallback)
 	tick := time.NewTicker(sweepInterval)
 	defer tick.Stop()
 	for {

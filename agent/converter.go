@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -38,7 +39,6 @@ type flow struct {
 	verdict intercept.Verdict // flowDecided
 	leg     *mptcpleg.Leg     // flowReady
 	expires time.Time         // flowReady, flowDecided
-	mcp     netip.AddrPort
 }
 
 // How long the converter remembers a released flow: a ready leg waits
@@ -74,8 +74,15 @@ type converterStats struct {
 // converter holds SYNs while their legs open and hands each leg to the
 // accepted LAN connection of the same flow. It is safe for concurrent use.
 type converter struct {
-	policy     *policy.Policy
-	dial       dialFunc
+	policy *policy.Policy
+	dial   dialFunc
+	// onPath addresses each leg to the flow's destination with an empty
+	// MP_CONVERT, for an MCP on the path (config.MCPModeOnPath); the
+	// policy then only passes native MPTCP.
+	onPath bool
+	// source, if valid, goes in a source MP_CONVERT option of each leg
+	// whose destination is of its family.
+	source     netip.Addr
 	legTimeout time.Duration
 	maxDialing int
 	now        func() time.Time
@@ -134,6 +141,10 @@ func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) 
 		return
 	}
 	d := c.policy.Decide(policy.Flow{Src: s.Src, Dst: s.Dst, NativeMPTCP: s.MPTCP != intercept.NativeNone})
+	if c.onPath && d.Reason != policy.ReasonNative {
+		// The leg goes where the SYN was going; an MCP on the way takes it.
+		d = policy.Decision{Action: policy.Convert, MCP: key.dst, Reason: policy.ReasonConvert}
+	}
 	if d.Action == policy.Convert && c.dialing >= c.maxDialing {
 		d = c.policy.Fallback()
 		d.Reason = "too-many-pending"
@@ -147,7 +158,7 @@ func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) 
 		release(v)
 		return
 	}
-	c.flows[key] = &flow{state: flowDialing, mcp: d.MCP}
+	c.flows[key] = &flow{state: flowDialing}
 	c.dialing++
 	c.wg.Add(1)
 	c.mu.Unlock()
@@ -169,16 +180,35 @@ func (c *converter) countDecision(d policy.Decision) {
 // when the leg is up, else with the fallback verdict.
 func (c *converter) openLeg(key flowKey, mcp netip.AddrPort, release func(intercept.Verdict)) {
 	defer c.wg.Done()
-	header, err := mptcpleg.AppendHeader(nil, mptcpleg.Option{Protocol: mptcpleg.ProtocolTCP, Addr: key.dst.Addr(), Port: key.dst.Port()})
+	header, err := c.header(key)
 	var leg *mptcpleg.Leg
 	if err == nil {
 		ctx, cancel := context.WithTimeout(c.ctx, c.legTimeout)
 		leg, err = c.dial(ctx, mcp, header)
 		cancel()
 	}
+	if err == nil && c.onPath && !leg.MPTCP {
+		// No MCP on the path answered: the destination itself did, and
+		// must not get the MP_CONVERT bytes as data.
+		err = errors.New("no on-path MCP: the SYN-ACK came without MP_CAPABLE")
+	}
 
 	v := c.finishLeg(key, mcp, leg, err)
 	release(v)
+}
+
+// header returns the MP_CONVERT options and EOL of key's leg: the
+// destination (empty on path), then the source if one is configured.
+func (c *converter) header(key flowKey) ([]byte, error) {
+	dst := mptcpleg.Option{Protocol: mptcpleg.ProtocolTCP, Addr: key.dst.Addr(), Port: key.dst.Port()}
+	if c.onPath {
+		dst = mptcpleg.Option{Protocol: mptcpleg.ProtocolTCP}
+	}
+	opts := []mptcpleg.Option{dst}
+	if c.source.IsValid() && c.source.Is4() == key.dst.Addr().Is4() {
+		opts = append(opts, mptcpleg.Option{Source: true, Protocol: mptcpleg.ProtocolTCP, Addr: c.source})
+	}
+	return mptcpleg.AppendHeader(nil, opts...)
 }
 
 // finishLeg records the outcome of a dial and returns the verdict for the
@@ -192,7 +222,9 @@ func (c *converter) finishLeg(key flowKey, mcp netip.AddrPort, leg *mptcpleg.Leg
 			abort(leg.Conn)
 		}
 		if err != nil && c.ctx.Err() == nil {
-			c.policy.Failed(mcp, c.now())
+			if !c.onPath { // on path, mcp is the destination: no MCP health
+				c.policy.Failed(mcp, c.now())
+			}
 			c.log.Warn("leg failed; falling back", "src", key.src, "dst", key.dst, "mcp", mcp, "err", err)
 		}
 		d := c.policy.Fallback()
@@ -204,12 +236,14 @@ func (c *converter) finishLeg(key flowKey, mcp netip.AddrPort, leg *mptcpleg.Leg
 		c.flows[key] = &flow{state: flowDecided, verdict: v, expires: c.now().Add(decidedTTL)}
 		return v
 	}
-	c.policy.Succeeded(mcp)
+	if !c.onPath {
+		c.policy.Succeeded(mcp)
+	}
 	c.stats.Converted.Add(1)
 	if !leg.MPTCP {
 		c.stats.TCPFallbackLegs.Add(1)
 	}
-	c.flows[key] = &flow{state: flowReady, leg: leg, mcp: mcp, expires: c.now().Add(claimTTL)}
+	c.flows[key] = &flow{state: flowReady, leg: leg, expires: c.now().Add(claimTTL)}
 	return intercept.Convert
 }
 

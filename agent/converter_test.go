@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/mcpagent/mcpagent/intercept"
 	"github.com/mcpagent/mcpagent/mptcpleg"
 	"github.com/mcpagent/mcpagent/policy"
@@ -33,6 +34,7 @@ type fakeDialer struct {
 	calls []dialCall
 	fail  map[netip.AddrPort]error
 	gate  chan struct{} // if non-nil, dials wait for it (or ctx)
+	plain bool          // legs fall back to plain TCP
 }
 
 type dialCall struct {
@@ -82,7 +84,9 @@ func (d *fakeDialer) dial(ctx context.Context, mcp netip.AddrPort, header []byte
 	if err != nil {
 		return nil, err
 	}
-	return &mptcpleg.Leg{Conn: c, MPTCP: true}, nil
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return &mptcpleg.Leg{Conn: c, MPTCP: !d.plain}, nil
 }
 
 func (d *fakeDialer) count() int {
@@ -112,6 +116,57 @@ func newTestConverter(t *testing.T, cfg policy.Config, d *fakeDialer) *converter
 	c := newConverter(ctx, policy.New(cfg), d.dial, 500*time.Millisecond, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(func() { cancel(); c.close() })
 	return c
+}
+
+func TestOnPathLegGoesToTheDestination(t *testing.T) {
+	dslAddr := netip.MustParseAddr("10.0.1.2")
+	empty := mptcpleg.Option{Protocol: 6}
+	tests := []struct {
+		name     string
+		syn      intercept.SYN
+		source   netip.Addr
+		plain    bool
+		want     intercept.Verdict
+		wantOpts []mptcpleg.Option // nil: no dial
+	}{
+		{name: "empty option only", syn: intercept.SYN{Src: lanSrc, Dst: srvDst}, want: intercept.Convert,
+			wantOpts: []mptcpleg.Option{empty}},
+		{name: "with the source address", syn: intercept.SYN{Src: lanSrc, Dst: srvDst}, source: dslAddr, want: intercept.Convert,
+			wantOpts: []mptcpleg.Option{empty, {Source: true, Protocol: 6, Addr: dslAddr}}},
+		{name: "source of another family is left out", syn: intercept.SYN{Src: lanSrc, Dst: srvDst6}, source: dslAddr, want: intercept.Convert,
+			wantOpts: []mptcpleg.Option{empty}},
+		{name: "native MPTCP passes", syn: intercept.SYN{Src: lanSrc, Dst: srvDst, MPTCP: intercept.NativeCapable}, want: intercept.Accept},
+		{name: "no MCP on the path: fallback", syn: intercept.SYN{Src: lanSrc, Dst: srvDst}, plain: true, want: intercept.Accept,
+			wantOpts: []mptcpleg.Option{empty}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newFakeDialer(t)
+			d.plain = tt.plain
+			c := newTestConverter(t, policy.Config{}, d)
+			c.onPath, c.source = true, tt.source
+			v := make(verdicts, 1)
+			c.handleSYN(tt.syn, v.release)
+			if got := v.next(t); got != tt.want {
+				t.Fatalf("verdict = %v, want %v", got, tt.want)
+			}
+			if tt.wantOpts == nil {
+				if d.count() != 0 {
+					t.Fatalf("dials = %+v, want none", d.calls)
+				}
+				return
+			}
+			if d.count() != 1 || d.calls[0].mcp != tt.syn.Dst {
+				t.Fatalf("dials = %+v, want one to %v", d.calls, tt.syn.Dst)
+			}
+			if diff := cmp.Diff(tt.wantOpts, d.calls[0].opts, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+				t.Errorf("MP_CONVERT (-want +got):\n%s", diff)
+			}
+			if !c.policy.Up(tt.syn.Dst) || len(c.policy.DueProbes(time.Now().Add(time.Hour))) != 0 {
+				t.Error("on path, the destination must not enter the MCP health")
+			}
+		})
+	}
 }
 
 func TestConvertReleasesAfterLegAndPairsByFlow(t *testing.T) {

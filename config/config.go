@@ -8,12 +8,15 @@ import (
 	"math/bits"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/mcpagent/mcpagent/dhcpopt"
 )
 
 // Fallback says what happens to a LAN connection that cannot be converted
@@ -28,6 +31,21 @@ const (
 	FallbackReject Fallback = "reject"
 )
 
+// FirewallBackend says which netfilter front end loads the agent's rules
+// (package firewall).
+type FirewallBackend string
+
+const (
+	// FirewallAuto uses nftables when the nft program exists and the
+	// kernel accepts the agent's nftables rules, and iptables otherwise.
+	FirewallAuto FirewallBackend = "auto"
+	// FirewallNFTables uses a table of the agent's own, beside OpenWrt's
+	// fw4 (22.03 and later).
+	FirewallNFTables FirewallBackend = "nftables"
+	// FirewallIPTables uses iptables-restore (legacy or nf_tables based).
+	FirewallIPTables FirewallBackend = "iptables"
+)
+
 // Defaults for the settings a file may leave out.
 const (
 	DefaultMCPPort     = 5124
@@ -38,6 +56,31 @@ const (
 	DefaultMarkMask    = 0x0f000000
 	DefaultTableBase   = 5124
 	DefaultRulePref    = 900
+	// DefaultControlSocket is where the agent listens for its local
+	// clients (the DHCP hooks).
+	DefaultControlSocket = "/var/run/mcpagent.sock"
+	// DefaultDHCPV4Option and DefaultDHCPV6Option are the option codes of
+	// the MCP list.
+	DefaultDHCPV4Option = dhcpopt.DefaultV4Code
+	DefaultDHCPV6Option = dhcpopt.DefaultV6Code
+	// DefaultInformInterval is how often DHCPSourceInform asks again.
+	DefaultInformInterval = 10 * time.Minute
+)
+
+// DHCPSource says where the agent learns the MCP list when mcp.servers is
+// empty.
+type DHCPSource string
+
+const (
+	// DHCPSourceNetifd takes the options from the system's DHCP clients
+	// (OpenWrt's netifd runs udhcpc and odhcp6c), whose hook scripts hand
+	// them to the agent over its control socket.
+	DHCPSourceNetifd DHCPSource = "netifd"
+	// DHCPSourceInform makes the agent ask for the options itself, with
+	// DHCPINFORM and Information-Request on each uplink.
+	DHCPSourceInform DHCPSource = "inform"
+	// DHCPSourceOff learns nothing: mcp.servers is required.
+	DHCPSourceOff DHCPSource = "off"
 )
 
 // MaxUplinks bounds the uplink list: the kernel allows at most 8 subflows
@@ -55,12 +98,16 @@ type Config struct {
 	// first segment after the handshake. Off by default: Linux (seen on
 	// 6.18) stalls Multipath TCP connections opened with SYN data once a
 	// second subflow joins, which defeats aggregation.
-	LegFastOpen bool      `yaml:"leg_fast_open"`
-	IdleTimeout Duration  `yaml:"idle_timeout"`
-	Fallback    Fallback  `yaml:"fallback"`
-	Netfilter   Netfilter `yaml:"netfilter"`
-	Routing     Routing   `yaml:"routing"`
-	LogLevel    string    `yaml:"log_level"`
+	LegFastOpen bool            `yaml:"leg_fast_open"`
+	IdleTimeout Duration        `yaml:"idle_timeout"`
+	Fallback    Fallback        `yaml:"fallback"`
+	Firewall    FirewallBackend `yaml:"firewall"`
+	Netfilter   Netfilter       `yaml:"netfilter"`
+	Routing     Routing         `yaml:"routing"`
+	LogLevel    string          `yaml:"log_level"`
+	// ControlSocket is the path of the agent's unix socket for local
+	// clients (mcpagent dhcp-event).
+	ControlSocket string `yaml:"control_socket"`
 }
 
 // Uplink is one WAN interface the agent may open subflows over.
@@ -69,16 +116,65 @@ type Uplink struct {
 	Interface string `yaml:"interface"`
 }
 
+// MCPMode says where the downstream MCP sits.
+type MCPMode string
+
+const (
+	// MCPModeOffPath addresses each leg to an MCP of the list, with the
+	// real destination in MP_CONVERT (draft-boucadair-mptcp-plain-mode
+	// section 6.2.2).
+	MCPModeOffPath MCPMode = "off-path"
+	// MCPModeOnPath addresses each leg to the real destination with an
+	// empty MP_CONVERT in its SYN (always TCP Fast Open); an MCP on the
+	// forwarding path terminates it (sections 6.2.1 and 7). No MCP list
+	// is needed.
+	MCPModeOnPath MCPMode = "on-path"
+)
+
 // MCP lists the downstream MCPs.
 type MCP struct {
+	// Mode is MCPModeOffPath (the default) or MCPModeOnPath.
+	Mode MCPMode `yaml:"mode"`
 	// Servers are tried in order; a server written without a port uses
-	// Port.
+	// Port. Unused on path.
 	Servers []string `yaml:"servers"`
 	Port    uint16   `yaml:"port"`
+	// SourceAddress, if set, goes in a source MP_CONVERT option (D bit
+	// set) of every leg, for an MCP that connects to the server from that
+	// address, e.g. the customer's public DSL address. Unset, the legs
+	// say nothing about the customer's network (section 9.1).
+	SourceAddress string `yaml:"source_address"`
+	// DHCP says how the list is learned when Servers is empty.
+	DHCP DHCP `yaml:"dhcp"`
 	// Addrs is Servers resolved against Port; it is filled by Parse and is
 	// not a key of the file.
 	Addrs []netip.AddrPort `yaml:"-"`
 }
+
+// DHCP configures learning the MCP list from the ISP's DHCP servers.
+type DHCP struct {
+	Source DHCPSource `yaml:"source"`
+	// V4Option and V6Option are the option codes of the MCP list.
+	V4Option uint8  `yaml:"v4_option"`
+	V6Option uint16 `yaml:"v6_option"`
+	// InformInterval is how often DHCPSourceInform asks on each uplink,
+	// besides at start and when an uplink comes up.
+	InformInterval Duration `yaml:"inform_interval"`
+}
+
+// Source returns SourceAddress parsed and unmapped, or the zero Addr if it
+// is unset or invalid (Parse accepts only a valid one).
+func (m MCP) Source() netip.Addr {
+	a, err := netip.ParseAddr(m.SourceAddress)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+// Learn reports whether the agent learns its MCP list over DHCP: no
+// static server is configured and the source is not off.
+func (m MCP) Learn() bool { return len(m.Servers) == 0 && m.DHCP.Source != DHCPSourceOff }
 
 // Netfilter holds the numbers the agent's firewall rules use. The defaults
 // suit OpenWrt: the mark bits avoid fw4's and mwan3's (0x3f00).
@@ -183,8 +279,26 @@ type keyNamer func(yamlPath string) string
 func yamlKey(path string) string { return path }
 
 func (c *Config) fillDefaults() {
+	if c.MCP.Mode == "" {
+		c.MCP.Mode = MCPModeOffPath
+	}
 	if c.MCP.Port == 0 {
 		c.MCP.Port = DefaultMCPPort
+	}
+	if c.MCP.DHCP.Source == "" {
+		c.MCP.DHCP.Source = DHCPSourceNetifd
+	}
+	if c.MCP.DHCP.V4Option == 0 {
+		c.MCP.DHCP.V4Option = DefaultDHCPV4Option
+	}
+	if c.MCP.DHCP.V6Option == 0 {
+		c.MCP.DHCP.V6Option = DefaultDHCPV6Option
+	}
+	if c.MCP.DHCP.InformInterval == 0 {
+		c.MCP.DHCP.InformInterval = Duration(DefaultInformInterval)
+	}
+	if c.ControlSocket == "" {
+		c.ControlSocket = DefaultControlSocket
 	}
 	if c.LegTimeout == 0 {
 		c.LegTimeout = Duration(DefaultLegTimeout)
@@ -194,6 +308,9 @@ func (c *Config) fillDefaults() {
 	}
 	if c.Fallback == "" {
 		c.Fallback = FallbackDirect
+	}
+	if c.Firewall == "" {
+		c.Firewall = FirewallAuto
 	}
 	if c.Netfilter.Queue == 0 {
 		c.Netfilter.Queue = DefaultQueue
@@ -254,8 +371,34 @@ func (c *Config) check(key keyNamer) error {
 		}
 		seenIf[u.Interface] = key(path)
 	}
-	if len(c.MCP.Servers) == 0 {
-		return fmt.Errorf("%s: at least one downstream MCP is needed", key("mcp.servers"))
+	switch c.MCP.DHCP.Source {
+	case DHCPSourceNetifd, DHCPSourceInform, DHCPSourceOff:
+	default:
+		return fmt.Errorf("%s: %q is not %s, %s or %s", key("mcp.dhcp.source"), c.MCP.DHCP.Source, DHCPSourceNetifd, DHCPSourceInform, DHCPSourceOff)
+	}
+	switch c.MCP.Mode {
+	case MCPModeOffPath, MCPModeOnPath:
+	default:
+		return fmt.Errorf("%s: %q is not %s or %s", key("mcp.mode"), c.MCP.Mode, MCPModeOffPath, MCPModeOnPath)
+	}
+	if c.MCP.SourceAddress != "" {
+		if a := c.MCP.Source(); !a.IsGlobalUnicast() {
+			return fmt.Errorf("%s: %q is not a unicast IP address", key("mcp.source_address"), c.MCP.SourceAddress)
+		}
+	}
+	if len(c.MCP.Servers) == 0 && c.MCP.DHCP.Source == DHCPSourceOff && c.MCP.Mode == MCPModeOffPath {
+		return fmt.Errorf("%s: at least one downstream MCP is needed when %s is %s", key("mcp.servers"), key("mcp.dhcp.source"), DHCPSourceOff)
+	}
+	// Pad and End are no options (RFC 2132 §3.1, §3.2); DHCPv6 code 0 is
+	// reserved (zero means the default, filled in above).
+	if c.MCP.DHCP.V4Option == 255 {
+		return fmt.Errorf("%s: 255 is the end option, not a code", key("mcp.dhcp.v4_option"))
+	}
+	if d := time.Duration(c.MCP.DHCP.InformInterval); d < 10*time.Second {
+		return fmt.Errorf("%s: %v is shorter than 10s", key("mcp.dhcp.inform_interval"), d)
+	}
+	if !filepath.IsAbs(c.ControlSocket) || len(c.ControlSocket) > maxSocketPath {
+		return fmt.Errorf("%s: %q is not an absolute path of at most %d bytes", key("control_socket"), c.ControlSocket, maxSocketPath)
 	}
 	for _, s := range c.MCP.Servers {
 		ap, err := parseServer(s, c.MCP.Port)
@@ -275,6 +418,11 @@ func (c *Config) check(key keyNamer) error {
 	default:
 		return fmt.Errorf("%s: %q is neither %q nor %q", key("fallback"), c.Fallback, FallbackDirect, FallbackReject)
 	}
+	switch c.Firewall {
+	case FirewallAuto, FirewallNFTables, FirewallIPTables:
+	default:
+		return fmt.Errorf("%s: %q is not %s, %s or %s", key("firewall"), c.Firewall, FirewallAuto, FirewallNFTables, FirewallIPTables)
+	}
 	if m := uint32(c.Netfilter.MarkMask); m == 0 || (m>>bits.TrailingZeros32(m))&(m>>bits.TrailingZeros32(m)+1) != 0 || bits.OnesCount32(m) < 2 {
 		return fmt.Errorf("%s: %#x must be one run of at least two bits", key("netfilter.mark_mask"), m)
 	}
@@ -291,6 +439,10 @@ func (c *Config) check(key keyNamer) error {
 	}
 	return nil
 }
+
+// maxSocketPath is the longest unix socket path Linux accepts: sun_path
+// holds 108 bytes with the terminating NUL.
+const maxSocketPath = 107
 
 // Marks returns the packet mark values the agent uses, each within
 // MarkMask: convert (TPROXY a released SYN), reject (answer a released SYN

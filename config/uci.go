@@ -99,7 +99,33 @@ var mainOptions = map[string]uciOption[Config]{
 		c.MCP.Servers = append(c.MCP.Servers, v)
 		return nil
 	}},
-	"mcp_port":    {yaml: "mcp.port", set: func(c *Config, v string) error { return setUint16(&c.MCP.Port, v) }},
+	"mcp_port": {yaml: "mcp.port", set: func(c *Config, v string) error { return setUint16(&c.MCP.Port, v) }},
+	"mcp_mode": {yaml: "mcp.mode", set: func(c *Config, v string) error {
+		c.MCP.Mode = MCPMode(v)
+		return nil
+	}},
+	"mcp_source_address": {yaml: "mcp.source_address", set: func(c *Config, v string) error {
+		c.MCP.SourceAddress = v
+		return nil
+	}},
+	"mcp_dhcp_source": {yaml: "mcp.dhcp.source", set: func(c *Config, v string) error {
+		c.MCP.DHCP.Source = DHCPSource(v)
+		return nil
+	}},
+	"mcp_dhcp_v4_option": {yaml: "mcp.dhcp.v4_option", set: func(c *Config, v string) error {
+		n, err := strconv.ParseUint(v, 10, 8)
+		if err != nil {
+			return fmt.Errorf("%q is not a number from 0 to 255", v)
+		}
+		c.MCP.DHCP.V4Option = uint8(n)
+		return nil
+	}},
+	"mcp_dhcp_v6_option":       {yaml: "mcp.dhcp.v6_option", set: func(c *Config, v string) error { return setUint16(&c.MCP.DHCP.V6Option, v) }},
+	"mcp_dhcp_inform_interval": {yaml: "mcp.dhcp.inform_interval", set: func(c *Config, v string) error { return setDuration(&c.MCP.DHCP.InformInterval, v) }},
+	"control_socket": {yaml: "control_socket", set: func(c *Config, v string) error {
+		c.ControlSocket = v
+		return nil
+	}},
 	"leg_timeout": {yaml: "leg_timeout", set: func(c *Config, v string) error { return setDuration(&c.LegTimeout, v) }},
 	"leg_fast_open": {yaml: "leg_fast_open", set: func(c *Config, v string) (err error) {
 		c.LegFastOpen, err = parseBool(v)
@@ -108,6 +134,10 @@ var mainOptions = map[string]uciOption[Config]{
 	"idle_timeout": {yaml: "idle_timeout", set: func(c *Config, v string) error { return setDuration(&c.IdleTimeout, v) }},
 	"fallback": {yaml: "fallback", set: func(c *Config, v string) error {
 		c.Fallback = Fallback(v)
+		return nil
+	}},
+	"firewall": {yaml: "firewall", set: func(c *Config, v string) error {
+		c.Firewall = FirewallBackend(v)
 		return nil
 	}},
 	"log_level": {yaml: "log_level", set: func(c *Config, v string) error {

@@ -36,8 +36,12 @@ func TestParseUCIMatchesYAML(t *testing.T) {
 	defaults.fillDefaults()
 	if fromUCI.MCP.Port == defaults.MCP.Port || fromUCI.LegTimeout == defaults.LegTimeout ||
 		fromUCI.IdleTimeout == defaults.IdleTimeout || fromUCI.Fallback == defaults.Fallback ||
+		fromUCI.Firewall == defaults.Firewall ||
 		fromUCI.LogLevel == defaults.LogLevel || fromUCI.Netfilter == defaults.Netfilter ||
-		fromUCI.Routing.TableBase == defaults.Routing.TableBase || fromUCI.Routing.RulePref == defaults.Routing.RulePref {
+		fromUCI.Routing.TableBase == defaults.Routing.TableBase || fromUCI.Routing.RulePref == defaults.Routing.RulePref ||
+		fromUCI.ControlSocket == defaults.ControlSocket || fromUCI.MCP.DHCP.Source == defaults.MCP.DHCP.Source ||
+		fromUCI.MCP.DHCP.V4Option == defaults.MCP.DHCP.V4Option || fromUCI.MCP.DHCP.V6Option == defaults.MCP.DHCP.V6Option ||
+		fromUCI.MCP.DHCP.InformInterval == defaults.MCP.DHCP.InformInterval {
 		t.Errorf("testdata/uci-full leaves a setting at its default: %+v", fromUCI)
 	}
 }
@@ -68,7 +72,7 @@ func TestUCIOptionsDocumented(t *testing.T) {
 		t.Fatal(err)
 	}
 	var documented []string
-	for _, m := range regexp.MustCompile("(?m)^\\| `((?:option|list) [a-z_]+)`").FindAllStringSubmatch(string(b), -1) {
+	for _, m := range regexp.MustCompile("(?m)^\\| `((?:option|list) [a-z0-9_]+)`").FindAllStringSubmatch(string(b), -1) {
 		documented = append(documented, m[1])
 	}
 	sort.Strings(documented)
@@ -138,14 +142,17 @@ func TestParseUCI(t *testing.T) {
 				want := &Config{
 					LANInterfaces: []string{"br-lan"},
 					Uplinks:       []Uplink{{Name: "dsl", Interface: "wan"}},
-					MCP: MCP{Servers: []string{"198.51.100.1"}, Port: DefaultMCPPort,
+					MCP: MCP{Mode: MCPModeOffPath, Servers: []string{"198.51.100.1"}, Port: DefaultMCPPort,
+						DHCP:  DHCP{Source: DHCPSourceNetifd, V4Option: DefaultDHCPV4Option, V6Option: DefaultDHCPV6Option, InformInterval: Duration(DefaultInformInterval)},
 						Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.51.100.1:5124")}},
-					LegTimeout:  Duration(DefaultLegTimeout),
-					IdleTimeout: Duration(DefaultIdleTimeout),
-					Fallback:    FallbackDirect,
-					Netfilter:   Netfilter{Queue: DefaultQueue, TProxyPort: DefaultTProxyPort, MarkMask: DefaultMarkMask},
-					Routing:     Routing{TableBase: DefaultTableBase, RulePref: DefaultRulePref},
-					LogLevel:    "info",
+					LegTimeout:    Duration(DefaultLegTimeout),
+					IdleTimeout:   Duration(DefaultIdleTimeout),
+					Fallback:      FallbackDirect,
+					Firewall:      FirewallAuto,
+					Netfilter:     Netfilter{Queue: DefaultQueue, TProxyPort: DefaultTProxyPort, MarkMask: DefaultMarkMask},
+					Routing:       Routing{TableBase: DefaultTableBase, RulePref: DefaultRulePref},
+					LogLevel:      "info",
+					ControlSocket: DefaultControlSocket,
 				}
 				if diff := cmp.Diff(want, c, addrPortEqual); diff != "" {
 					t.Errorf("(-want +got):\n%s", diff)
@@ -217,7 +224,9 @@ func TestParseUCI(t *testing.T) {
 			wantErr: `config uplink 'lte' (line 6) option interface: "br-lan" is already in list lan_interface`},
 		{name: "two uplinks on one interface", in: head + uplink + "config uplink 'lte'\n\toption interface 'wan'\n",
 			wantErr: `config uplink 'lte' (line 6) option interface: "wan" is already in config uplink 'dsl' (line 4)`},
-		{name: "no MCP", in: "config mcpagent\n\tlist lan_interface br-lan\n" + uplink, wantErr: "list mcp_server: at least one downstream MCP is needed"},
+		{name: "no MCP and dhcp off", in: "config mcpagent\n\tlist lan_interface br-lan\n\toption mcp_dhcp_source off\n" + uplink,
+			wantErr: "list mcp_server: at least one downstream MCP is needed when option mcp_dhcp_source is off"},
+		{name: "v4 option out of range", in: head + "\toption mcp_dhcp_v4_option 256\n" + uplink, wantErr: "line 4: mcp_dhcp_v4_option"},
 		{name: "MCP not an address", in: "config mcpagent\n\tlist lan_interface br-lan\n\tlist mcp_server mcp.example\n" + uplink,
 			wantErr: `list mcp_server: "mcp.example" is not an address`},
 		{name: "mask not a run", in: head + "\toption netfilter_mark_mask '0x101'\n" + uplink, wantErr: "option netfilter_mark_mask: 0x101 must be one run"},
@@ -274,6 +283,10 @@ func formatUCI(c *Config) string {
 		fmt.Fprintf(&b, "\tlist mcp_server %s\n", q(v))
 	}
 	fmt.Fprintf(&b, "\toption mcp_port '%d'\n", c.MCP.Port)
+	fmt.Fprintf(&b, "\toption mcp_mode %s\n", q(string(c.MCP.Mode)))
+	if c.MCP.SourceAddress != "" {
+		fmt.Fprintf(&b, "\toption mcp_source_address %s\n", q(c.MCP.SourceAddress))
+	}
 	fmt.Fprintf(&b, "\toption leg_timeout '%s'\n", time.Duration(c.LegTimeout))
 	fmt.Fprintf(&b, "\toption idle_timeout '%s'\n", time.Duration(c.IdleTimeout))
 	fmt.Fprintf(&b, "\toption fallback %s\n", q(string(c.Fallback)))

@@ -59,6 +59,12 @@ log_level: debug
 // over MPTCP on mptcpPort) with files of the given sizes in MB.
 func newBed(t *testing.T, sizesMB ...int) *bed {
 	t.Helper()
+	return newBedWith(t, testbed.Options{}, sizesMB...)
+}
+
+// newBedWith is newBed with testbed options.
+func newBedWith(t *testing.T, o testbed.Options, sizesMB ...int) *bed {
+	t.Helper()
 	netnsRequire(t)
 	b := &bed{t: t, dir: t.TempDir(), files: map[string]string{}}
 	b.agentBin = testbed.BuildBinary(t, "./cmd/mcpagent")
@@ -72,7 +78,7 @@ func newBed(t *testing.T, sizesMB ...int) *bed {
 		path, sum := testbed.MakeFile(t, www, mb<<20)
 		b.files[filepath.Base(path)] = sum
 	}
-	b.Testbed = testbed.Up(t, testbed.Options{})
+	b.Testbed = testbed.Up(t, o)
 	b.Start(t, "srv", "testserver", "listening",
 		srv, "-dir", www, "-http", serverV4+":"+httpPort, "-http", "["+serverV6+"]:"+httpPort)
 	b.Start(t, "srv", "testserver-mptcp", "listening",
@@ -100,8 +106,16 @@ func (b *bed) startAgent(fallback string) { b.startAgentWith(fallback, false) }
 
 func (b *bed) startAgentWith(fallback string, fastOpen bool) {
 	b.t.Helper()
+	b.startAgentYAML(agentConfig(fallback, fastOpen))
+}
+
+// startAgentYAML starts the agent with the configuration yaml, and a
+// control socket of the test's own (agents of other tests may run).
+func (b *bed) startAgentYAML(yaml string) {
+	b.t.Helper()
 	cfg := filepath.Join(b.dir, "mcpagent.yaml")
-	if err := os.WriteFile(cfg, []byte(agentConfig(fallback, fastOpen)), 0o644); err != nil {
+	yaml += "control_socket: " + filepath.Join(b.dir, "mcpagent.sock") + "\n"
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		b.t.Fatal(err)
 	}
 	b.agent = b.Start(b.t, "cpe", "mcpagent", "agent running", b.agentBin, "-config", cfg)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -64,6 +65,15 @@ func newHost(t *testing.T, routerIf, routerAddr, hostAddr string) netns.NsHandle
 		}
 	}()
 	t.Cleanup(func() { ns.Close() })
+	// Without duplicate address detection on the link-local addresses too,
+	// the first IPv6 connection waits for it to finish.
+	noDAD := func() {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noDAD()
+	inNetNS(t, ns, noDAD)
 	peer := routerIf + "p"
 	must := func(err error) {
 		t.Helper()
@@ -79,9 +89,7 @@ func newHost(t *testing.T, routerIf, routerAddr, hostAddr string) netns.NsHandle
 	})
 	l, err := netlink.LinkByName(routerIf)
 	must(err)
-	a, err := netlink.ParseAddr(routerAddr)
-	must(err)
-	must(netlink.AddrAdd(l, a))
+	must(netlink.AddrAdd(l, parseAddr(t, routerAddr)))
 	must(netlink.LinkSetUp(l))
 	p, err := netlink.LinkByName(peer)
 	must(err)
@@ -95,14 +103,26 @@ func newHost(t *testing.T, routerIf, routerAddr, hostAddr string) netns.NsHandle
 	must(h.LinkSetUp(lo))
 	p, err = h.LinkByName(peer)
 	must(err)
-	a, err = netlink.ParseAddr(hostAddr)
-	must(err)
-	must(h.AddrAdd(p, a))
+	must(h.AddrAdd(p, parseAddr(t, hostAddr)))
 	must(h.LinkSetUp(p))
 	gw, _, err := net.ParseCIDR(routerAddr)
 	must(err)
 	must(h.RouteAdd(&netlink.Route{LinkIndex: p.Attrs().Index, Gw: gw}))
 	return ns
+}
+
+// parseAddr parses an address with prefix length; an IPv6 address skips
+// duplicate address detection, so it is usable at once.
+func parseAddr(t *testing.T, s string) *netlink.Addr {
+	t.Helper()
+	a, err := netlink.ParseAddr(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.IP.To4() == nil {
+		a.Flags |= unix.IFA_F_NODAD
+	}
+	return a
 }
 
 // acceptOne accepts one connection on ln and returns its local address and
@@ -128,44 +148,86 @@ func acceptOne(ln net.Listener) <-chan string {
 }
 
 // TestIntegrationDataPath sends real connections from a LAN host through
-// the rules, with SYN marks applied the way the agent's verdicts would:
-// unmarked SYNs flow on although nobody reads the queue; a SYN with the
-// reject mark is answered with a reset; a SYN with the convert mark, and the
-// rest of its connection, reach a transparent listener; traffic to the
-// router's own address is left alone.
+// the iptables rules; see testDataPath.
 func TestIntegrationDataPath(t *testing.T) {
 	netnstest.RequireIsolatedRoot(t)
 	netnstest.RequireTool(t, programs...)
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0); err != nil {
+	testDataPath(t, func(t *testing.T, r Rules) *Firewall {
+		fw, err := Install(context.Background(), BackendIPTables, r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fw
+	}, func(t *testing.T, r Rules, v6 bool, port string, mark uint32) {
+		// Ahead of the agent's chain, which leaves marked SYNs alone.
+		prog := familyOf(v6).iptables
+		spec := []string{"PREROUTING", "-i", "lan0", "-p", "tcp", "--syn", "--dport", port, "-j", "MARK", "--set-xmark", markArg(markValue{mark, r.MarkMask})}
+		cmd(t, "", append([]string{prog, "-w", "-t", "mangle", "-I"}, spec...)...)
+		t.Cleanup(func() { cmd(t, "", append([]string{prog, "-w", "-t", "mangle", "-D"}, spec...)...) })
+	})
+}
+
+// dataPathNet is one address family's addresses in testDataPath.
+type dataPathNet struct {
+	name                  string
+	v6                    bool
+	routerLAN, lanHost    string // with prefix length
+	routerWAN, server     string // with prefix length
+	forwarding, anyListen string
+}
+
+var dataPathNets = []dataPathNet{
+	{"IPv4", false, "192.168.7.1/24", "192.168.7.2/24", "198.51.100.254/24", "198.51.100.1/24", "/proc/sys/net/ipv4/ip_forward", "0.0.0.0"},
+	{"IPv6", true, "fd00:7::1/64", "fd00:7::2/64", "2001:db8:100::fe/64", "2001:db8:100::1/64", "/proc/sys/net/ipv6/conf/all/forwarding", "::"},
+}
+
+// testDataPath sends, for IPv4 and IPv6, real connections from a LAN host
+// through the rules that install puts in place, with SYN marks applied by
+// markSYN the way the agent's verdicts would: unmarked SYNs flow on although
+// nobody reads the queue; a SYN with the reject mark is answered with a
+// reset; a SYN with the convert mark, and the rest of its connection, reach
+// a transparent listener; traffic to the router's own address is left
+// alone.
+func testDataPath(t *testing.T, install func(t *testing.T, r Rules) *Firewall, markSYN func(t *testing.T, r Rules, v6 bool, port string, mark uint32)) {
+	for _, n := range dataPathNets {
+		t.Run(n.name, func(t *testing.T) { testDataPathNet(t, n, install, markSYN) })
+	}
+}
+
+func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r Rules) *Firewall, markSYN func(t *testing.T, r Rules, v6 bool, port string, mark uint32)) {
+	if err := os.WriteFile(n.forwarding, []byte("1"), 0); err != nil {
 		t.Fatal(err)
 	}
-	lan := newHost(t, "lan0", "192.168.7.1/24", "192.168.7.2/24")
-	server := newHost(t, "wan0", "198.51.100.254/24", "198.51.100.1/24")
+	lan := newHost(t, "lan0", n.routerLAN, n.lanHost)
+	server := newHost(t, "wan0", n.routerWAN, n.server)
+	network, family, sol, transparent := "tcp4", netlink.FAMILY_V4, unix.SOL_IP, unix.IP_TRANSPARENT
+	if n.v6 {
+		network, family, sol, transparent = "tcp6", netlink.FAMILY_V6, unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+	}
+	ip := func(prefixed string) string { return strings.Split(prefixed, "/")[0] }
+	addr := func(prefixed, port string) string { return net.JoinHostPort(ip(prefixed), port) }
 
 	r := testRules()
 	r.LANInterfaces = []string{"lan0"}
-	fw, err := Install(context.Background(), r, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fw := install(t, r)
 	t.Cleanup(func() { fw.Close() })
-	// Stand-ins for the agent's verdicts on SYNs to ports 81 and 82, ahead
-	// of the agent's chain (which leaves marked SYNs alone), and for package
-	// route's TPROXY routing.
+	// Stand-ins for the agent's verdicts on SYNs to ports 81 to 83, and
+	// for package route's TPROXY routing.
 	for port, mark := range map[string]uint32{"81": r.RejectMark, "82": r.ConvertMark, "83": r.ConvertMark} {
-		spec := []string{"PREROUTING", "-i", "lan0", "-p", "tcp", "--syn", "--dport", port, "-j", "MARK", "--set-xmark", markArg(markValue{mark, r.MarkMask})}
-		cmd(t, "", append([]string{"iptables", "-w", "-t", "mangle", "-I"}, spec...)...)
-		t.Cleanup(func() { cmd(t, "", append([]string{"iptables", "-w", "-t", "mangle", "-D"}, spec...)...) })
+		markSYN(t, r, n.v6, port, mark)
 	}
 	mask := r.MarkMask
 	rule := netlink.NewRule()
-	rule.Priority, rule.Table, rule.Mark, rule.Mask = 100, 100, r.TProxyMark, &mask
+	rule.Family, rule.Priority, rule.Table, rule.Mark, rule.Mask = family, 100, 100, r.TProxyMark, &mask
 	if err := netlink.RuleAdd(rule); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { netlink.RuleDel(rule) })
 	local := &netlink.Route{Table: 100, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, LinkIndex: 1,
 		Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}}
+	if n.v6 {
+		local.Dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
 	if err := netlink.RouteAdd(local); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +237,7 @@ func TestIntegrationDataPath(t *testing.T) {
 	servers := map[string]<-chan string{}
 	inNetNS(t, server, func() {
 		for _, port := range []string{"80", "81"} {
-			ln, err := net.Listen("tcp4", "198.51.100.1:"+port)
+			ln, err := net.Listen(network, addr(n.server, port))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -186,18 +248,18 @@ func TestIntegrationDataPath(t *testing.T) {
 	// The agent's transparent listener, and a service of the router.
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
-		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1) }); err != nil {
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), sol, transparent, 1) }); err != nil {
 			return err
 		}
 		return serr
 	}}
 	lc.SetMultipathTCP(false)
-	tproxy, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("0.0.0.0:%d", r.TProxyPort))
+	tproxy, err := lc.Listen(context.Background(), network, net.JoinHostPort(n.anyListen, fmt.Sprint(r.TProxyPort)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tproxy.Close() })
-	service, err := net.Listen("tcp4", "192.168.7.1:83")
+	service, err := net.Listen(network, addr(n.routerLAN, "83"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +268,7 @@ func TestIntegrationDataPath(t *testing.T) {
 	dial := func(addr string) error {
 		var err error
 		var c net.Conn
-		inNetNS(t, lan, func() { c, err = net.DialTimeout("tcp4", addr, 3*time.Second) })
+		inNetNS(t, lan, func() { c, err = net.DialTimeout(network, addr, 3*time.Second) })
 		if err != nil {
 			return err
 		}
@@ -224,14 +286,14 @@ func TestIntegrationDataPath(t *testing.T) {
 	}
 
 	// Nobody reads the queue: the SYN is accepted and forwarded.
-	if err := dial("198.51.100.1:80"); err != nil {
+	if err := dial(addr(n.server, "80")); err != nil {
 		t.Errorf("unmarked connection through the router: %v", err)
-	} else if got := get(servers["80"]); got != "198.51.100.1:80 hello" {
+	} else if got := get(servers["80"]); got != addr(n.server, "80")+" hello" {
 		t.Errorf("server on port 80 got %q", got)
 	}
 	// The reject mark: a reset from the router, although the server listens.
 	start := time.Now()
-	if err := dial("198.51.100.1:81"); !errors.Is(err, syscall.ECONNREFUSED) {
+	if err := dial(addr(n.server, "81")); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("connection with the reject mark: %v, want connection refused", err)
 	} else if d := time.Since(start); d > time.Second {
 		t.Errorf("reset took %v", d)
@@ -239,21 +301,21 @@ func TestIntegrationDataPath(t *testing.T) {
 	// The convert mark: the transparent listener gets the connection, with
 	// the original destination, and its data.
 	tproxied := acceptOne(tproxy)
-	if err := dial("198.51.100.1:82"); err != nil {
+	if err := dial(addr(n.server, "82")); err != nil {
 		t.Errorf("connection with the convert mark: %v", err)
-	} else if got := get(tproxied); got != "198.51.100.1:82 hello" {
+	} else if got := get(tproxied); got != addr(n.server, "82")+" hello" {
 		t.Errorf("transparent listener got %q", got)
 	}
 	// The router's own address: never diverted, even with a mark.
 	direct := acceptOne(service)
 	stray := acceptOne(tproxy)
-	if err := dial("192.168.7.1:83"); err != nil {
+	if err := dial(addr(n.routerLAN, "83")); err != nil {
 		t.Errorf("connection to the router: %v", err)
-	} else if got := get(direct); got != "192.168.7.1:83 hello" {
+	} else if got := get(direct); got != addr(n.routerLAN, "83")+" hello" {
 		t.Errorf("router's listener got %q", got)
 	}
 	tproxy.Close()
-	if got := get(stray); got == "192.168.7.1:83 hello" {
+	if got := get(stray); got == addr(n.routerLAN, "83")+" hello" {
 		t.Error("the transparent listener got the connection to the router")
 	}
 }

@@ -1,16 +1,16 @@
 // Package firewall installs the netfilter rules that steer LAN TCP SYNs
 // through the agent, and removes exactly those rules on Close.
 //
-// A SYN that a LAN host sends through the router enters mangle PREROUTING
-// on a LAN interface and jumps to the agent's chain, which queues it to
+// A SYN that a LAN host sends through the router enters the prerouting hook
+// on a LAN interface and reaches the agent's chain, which queues it to
 // NFQUEUE with queue-bypass (no agent listening: the SYN flows on). The
 // agent answers with a verdict:
 //
-//   - NF_REPEAT with the convert mark: the SYN re-traverses mangle
-//     PREROUTING and a TPROXY rule delivers it to the agent's transparent
+//   - NF_REPEAT with the convert mark: the SYN re-traverses the prerouting
+//     chain, and a TPROXY rule delivers it to the agent's transparent
 //     listener, setting the TPROXY routing mark;
-//   - NF_REPEAT with the reject mark: the SYN is routed on and a filter
-//     FORWARD rule answers it with a TCP reset;
+//   - NF_REPEAT with the reject mark: the SYN is routed on and a rule in the
+//     forward hook answers it with a TCP reset;
 //   - NF_ACCEPT without a mark: the SYN is routed normally ("direct").
 //
 // Later packets of converted connections belong to a transparent socket;
@@ -19,16 +19,39 @@
 // SYNs that already carry one of the agent's marks are never queued, so
 // NF_REPEAT cannot loop.
 //
-// The rules are described once, independently of the backend, and
-// rendered for iptables: iptables-restore --noflush loads each address
-// family's rules atomically. Because a killed agent leaves its rules behind
-// (and, thanks to queue-bypass, traffic still flows), Install first removes
-// any leftovers of a previous run.
+// The rules are described once, independently of the backend, and rendered
+// for one of two backends (see Backend):
+//
+//   - nftables: a table of the agent's own, table inet mcpagent, holding
+//     both address families, with base chains in the prerouting hook at
+//     mangle priority and in the forward hook at filter priority. One nft -f
+//     transaction adds the table, deletes it and declares it anew, so it
+//     replaces whatever a killed run left; Close deletes the table. OpenWrt's
+//     fw4 flushes and deletes only its own table inet fw4, so its reloads
+//     leave the agent's table alone.
+//   - iptables: chains of the agent's own in the mangle and filter tables
+//     and jumps into them at the top of PREROUTING and FORWARD;
+//     iptables-restore --noflush loads each address family's rules
+//     atomically, after deleting the jumps a killed run left.
+//
+// The nftables rules are generated as text for nft -f rather than built
+// with a netlink library such as github.com/google/nftables: the text is
+// what a vendor or an operator would write and read in nft list ruleset,
+// so a golden file of it can be reviewed line by line; nft applies it
+// atomically; and the same text is what nft --check validates against the
+// running kernel when the backend is chosen. The library would add a
+// dependency and about 100 KB to every binary, and its rules are trees of
+// low-level expressions (payload offsets, registers, bitwise masks) that
+// are much harder to check by eye than the statements they stand for.
 //
 // The package must not decide anything about individual connections, nor
-// touch rules outside its own chains and the jumps into them. It needs
-// CAP_NET_ADMIN and the iptables, iptables-restore, ip6tables and
-// ip6tables-restore programs (legacy or nf_tables based), with the kernel
-// modules for the NFQUEUE, TPROXY, MARK and REJECT targets and the socket,
-// addrtype and mark matches. It works on Linux only.
+// touch rules outside its own table or chains and the jumps into them. It
+// needs CAP_NET_ADMIN. The nftables backend needs the nft program and the
+// kernel's nf_tables with the queue, tproxy, socket, fib and reject
+// expressions (OpenWrt: kmod-nft-queue, kmod-nft-tproxy, kmod-nft-socket,
+// beside fw4's kmod-nft-core and kmod-nft-fib). The iptables backend needs
+// the iptables, iptables-restore, ip6tables and ip6tables-restore programs
+// (legacy or nf_tables based), with the kernel modules for the NFQUEUE,
+// TPROXY, MARK and REJECT targets and the socket, addrtype and mark
+// matches. It works on Linux only.
 package firewall

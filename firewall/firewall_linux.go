@@ -12,14 +12,19 @@ import (
 
 // Install removes whatever a previous run of the agent left (a killed agent
 // leaves its rules, and traffic still flows thanks to queue-bypass) and
-// installs r, atomically per address family: IPv4 first, then IPv6. If IPv6
-// fails, the IPv4 rules are removed again. A nil logger discards logs.
+// installs r with backend b. A nil logger discards logs.
 //
-// There is no netlink API for xtables rules, so Install runs the iptables
-// programs; whether they are the legacy or the nf_tables variant does not
-// matter.
-func Install(ctx context.Context, r Rules, logger *slog.Logger) (*Firewall, error) {
-	return install(ctx, r, logger, execRunner{})
+// BackendNFTables replaces the agent's table in one nft transaction.
+// BackendIPTables loads the rules atomically per address family, IPv4
+// first; if IPv6 fails, the IPv4 rules are removed again. BackendAuto
+// first runs nft --check on the nftables rule set and logs which backend
+// it chose and why.
+//
+// There is no netlink API for xtables rules, and nftables rules are kept as
+// text (see the package documentation), so Install runs the nft or iptables
+// programs.
+func Install(ctx context.Context, b Backend, r Rules, logger *slog.Logger) (*Firewall, error) {
+	return install(ctx, b, r, logger, execRunner{})
 }
 
 // execRunner runs the real programs.

@@ -170,14 +170,14 @@ func testInstall(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx := context.Background()
 
-	if _, err := Install(ctx, testRules(), logger); err != nil {
+	if _, err := Install(ctx, BackendIPTables, testRules(), logger); err != nil {
 		t.Fatal(err)
 	}
 	checkInstalled(t)
 	installed := save(t)
 
 	// The agent was killed: a new one installs again without Close.
-	fw, err := Install(ctx, testRules(), logger)
+	fw, err := Install(ctx, BackendIPTables, testRules(), logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,10 +209,10 @@ func TestIntegrationInstallChangedLAN(t *testing.T) {
 	before := save(t)
 	old := testRules()
 	old.LANInterfaces = []string{"eth7", "eth8", "eth9"}
-	if _, err := Install(context.Background(), old, nil); err != nil {
+	if _, err := Install(context.Background(), BackendIPTables, old, nil); err != nil {
 		t.Fatal(err)
 	}
-	fw, err := Install(context.Background(), testRules(), nil)
+	fw, err := Install(context.Background(), BackendIPTables, testRules(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,8 @@ import (
 	"log/slog"
 )
 
-// Install installs r. It needs Linux netfilter; elsewhere it fails.
-func Install(ctx context.Context, r Rules, logger *slog.Logger) (*Firewall, error) {
+// Install installs r with backend b. It needs Linux netfilter; elsewhere it
+// fails.
+func Install(ctx context.Context, b Backend, r Rules, logger *slog.Logger) (*Firewall, error) {
 	return nil, errors.New("firewall: netfilter rules are not supported on this OS")
 }

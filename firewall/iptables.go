@@ -8,21 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 )
-
-// closeTimeout bounds how long Close waits for the iptables programs, which
-// may wait for the xtables lock held by another program.
-const closeTimeout = 30 * time.Second
-
-// runner runs a program, args[0], with stdin as its standard input (none if
-// empty), and returns its standard output. Errors name the command and carry
-// its standard error. It exists so tests can record commands instead of
-// running them.
-type runner interface {
-	run(ctx context.Context, stdin string, args ...string) (string, error)
-}
 
 // family names the iptables programs of one address family.
 type family struct {
@@ -36,53 +22,53 @@ func familyOf(v6 bool) family {
 	return family{"IPv4", "iptables", "iptables-restore"}
 }
 
-// Firewall is the rule set Install installed. Its methods are safe for
-// concurrent use.
-type Firewall struct {
+// iptablesLoader loads chains with iptables-restore, one transaction per
+// address family.
+type iptablesLoader struct {
 	run    runner
 	log    *slog.Logger
 	chains []chain
-
-	mu     sync.Mutex
-	closed bool
 }
 
-// install is Install with the command runner as a parameter.
-func install(ctx context.Context, r Rules, logger *slog.Logger, run runner) (*Firewall, error) {
-	if err := r.Validate(); err != nil {
-		return nil, fmt.Errorf("invalid rules: %w", err)
-	}
-	if logger == nil {
-		logger = slog.New(discardHandler{})
-	}
-	f := &Firewall{run: run, log: logger, chains: ruleset(r)}
+// load installs both families, IPv4 first; if IPv6 fails, it removes the
+// IPv4 rules again.
+func (l *iptablesLoader) load(ctx context.Context) error {
 	for i, v6 := range []bool{false, true} {
-		if err := f.installFamily(ctx, familyOf(v6)); err != nil {
+		if err := l.installFamily(ctx, familyOf(v6)); err != nil {
 			if i > 0 {
 				// Do not leave IPv4 intercepted while IPv6 is not.
-				if rerr := f.removeFamily(ctx, familyOf(false)); rerr != nil {
+				if rerr := l.removeFamily(ctx, familyOf(false)); rerr != nil {
 					err = errors.Join(err, rerr)
 				}
 			}
-			return nil, err
+			return err
 		}
 	}
-	f.log.Info("netfilter rules installed", "lan", r.LANInterfaces, "queue", r.Queue, "tproxy_port", r.TProxyPort)
-	return f, nil
+	return nil
+}
+
+// unload removes the agent's chains and the jumps into them, for both
+// address families.
+func (l *iptablesLoader) unload(ctx context.Context) error {
+	var errs []error
+	for _, v6 := range []bool{false, true} {
+		errs = append(errs, l.removeFamily(ctx, familyOf(v6)))
+	}
+	return errors.Join(errs...)
 }
 
 // installFamily replaces, in one iptables-restore transaction, whatever a
-// previous run left with the rules of f. Declaring a chain that exists
+// previous run left with the rules of l. Declaring a chain that exists
 // flushes it, so only the jumps into the agent's chains need deleting.
-func (f *Firewall) installFamily(ctx context.Context, fam family) error {
-	sections := installSections(f.chains)
+func (l *iptablesLoader) installFamily(ctx context.Context, fam family) error {
+	sections := installSections(l.chains)
 	stale := 0
 	for i, s := range sections {
-		listing, err := f.run.run(ctx, "", fam.iptables, "-w", "-t", s.table, "-S")
+		listing, err := l.run.run(ctx, "", fam.iptables, "-w", "-t", s.table, "-S")
 		if err != nil {
 			return fmt.Errorf("list %s %s table: %w", fam.name, s.table, err)
 		}
-		jumps, _, err := findOurs(listing, chainsIn(f.chains, s.table))
+		jumps, _, err := findOurs(listing, chainsIn(l.chains, s.table))
 		if err != nil {
 			return fmt.Errorf("parse %s %s table: %w", fam.name, s.table, err)
 		}
@@ -90,9 +76,9 @@ func (f *Firewall) installFamily(ctx context.Context, fam family) error {
 		sections[i].lines = append(jumps, s.lines...)
 	}
 	if stale > 0 {
-		f.log.Info("replacing rules left by a previous run", "family", fam.name, "jumps", stale)
+		l.log.Info("replacing rules left by a previous run", "family", fam.name, "jumps", stale)
 	}
-	if _, err := f.run.run(ctx, renderScript(fam, sections), fam.restore, "-w", "--noflush"); err != nil {
+	if _, err := l.run.run(ctx, renderScript(fam, sections), fam.restore, "-w", "--noflush"); err != nil {
 		return fmt.Errorf("load %s rules: %w", fam.name, err)
 	}
 	return nil
@@ -100,14 +86,14 @@ func (f *Firewall) installFamily(ctx context.Context, fam family) error {
 
 // removeFamily deletes the jumps into the agent's chains and the chains, as
 // iptables lists them now, in one transaction.
-func (f *Firewall) removeFamily(ctx context.Context, fam family) error {
+func (l *iptablesLoader) removeFamily(ctx context.Context, fam family) error {
 	var sections []section
-	for _, table := range tablesOf(f.chains) {
-		listing, err := f.run.run(ctx, "", fam.iptables, "-w", "-t", table, "-S")
+	for _, table := range tablesOf(l.chains) {
+		listing, err := l.run.run(ctx, "", fam.iptables, "-w", "-t", table, "-S")
 		if err != nil {
 			return fmt.Errorf("list %s %s table: %w", fam.name, table, err)
 		}
-		jumps, chains, err := findOurs(listing, chainsIn(f.chains, table))
+		jumps, chains, err := findOurs(listing, chainsIn(l.chains, table))
 		if err != nil {
 			return fmt.Errorf("parse %s %s table: %w", fam.name, table, err)
 		}
@@ -125,33 +111,10 @@ func (f *Firewall) removeFamily(ctx context.Context, fam family) error {
 	if len(sections) == 0 {
 		return nil
 	}
-	if _, err := f.run.run(ctx, renderScript(fam, sections), fam.restore, "-w", "--noflush"); err != nil {
+	if _, err := l.run.run(ctx, renderScript(fam, sections), fam.restore, "-w", "--noflush"); err != nil {
 		return fmt.Errorf("remove %s rules: %w", fam.name, err)
 	}
 	return nil
-}
-
-// Close removes the agent's chains and the jumps into them, for both
-// address families. Only the first call does anything; later calls return
-// nil.
-func (f *Firewall) Close() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
-		return nil
-	}
-	f.closed = true
-	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
-	defer cancel()
-	var errs []error
-	for _, v6 := range []bool{false, true} {
-		errs = append(errs, f.removeFamily(ctx, familyOf(v6)))
-	}
-	err := errors.Join(errs...)
-	if err == nil {
-		f.log.Info("netfilter rules removed")
-	}
-	return err
 }
 
 // IPTablesRestore returns the input for iptables-restore --noflush (v6
@@ -380,12 +343,3 @@ func splitArgs(line string) ([]string, error) {
 	}
 	return args, nil
 }
-
-// discardHandler is a slog.Handler that drops everything (slog.DiscardHandler
-// needs Go 1.24).
-type discardHandler struct{}
-
-func (discardHandler) Enabled(context.Context, slog.Level) bool  { return false }
-func (discardHandler) Handle(context.Context, slog.Record) error { return nil }
-func (d discardHandler) WithAttrs([]slog.Attr) slog.Handler      { return d }
-func (d discardHandler) WithGroup(string) slog.Handler           { return d }

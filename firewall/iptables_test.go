@@ -144,7 +144,7 @@ func TestInstallSequence(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fr := &fakeRunner{listings: tt.listings, fail: tt.fail}
-			fw, err := install(context.Background(), testRules(), nil, fr)
+			fw, err := install(context.Background(), BackendIPTables, testRules(), nil, fr)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("install() = %v, want error containing %q", err, tt.err)
@@ -171,7 +171,7 @@ func TestInstallRejectsInvalidRules(t *testing.T) {
 	fr := &fakeRunner{}
 	r := testRules()
 	r.MarkMask = 0
-	if _, err := install(context.Background(), r, nil, fr); err == nil {
+	if _, err := install(context.Background(), BackendIPTables, r, nil, fr); err == nil {
 		t.Fatal("install() with mark mask 0 succeeded")
 	}
 	if got := fr.transcript.String(); got != "" {

@@ -88,7 +88,7 @@ func validInterfaceName(name string) error {
 func isSpace(r rune) bool { return r <= ' ' || r == 0x7f }
 
 // The rule set below is described independently of the netfilter backend;
-// iptables.go renders it for iptables.
+// iptables.go renders it for iptables, nftables.go for nftables.
 
 // hook is where the kernel passes packets into a chain.
 type hook int

@@ -27,9 +27,13 @@ const (
 	// ReasonNoDestination: no destination (D=0) option, or no option at all
 	// before the EOL.
 	ReasonNoDestination Reason = "no-destination"
-	// ReasonEmptyOption: the destination option carries no address. That
-	// is the on-path form (§6.2.1), which an off-path MCP does not serve.
+	// ReasonEmptyOption: the destination option of a leg to a listen
+	// address carries no address. That is the on-path form (§6.2.1), for
+	// an MCP on the path to the destination, not one addressed directly.
 	ReasonEmptyOption Reason = "empty-option"
+	// ReasonAddressOnPath: a leg an on-path listener took over names a
+	// destination; only the empty option asks an on-path MCP to convert.
+	ReasonAddressOnPath Reason = "address-on-path"
 	// ReasonDuplicateOption: two options with the same D bit, or more than
 	// two options (§4 forbids both).
 	ReasonDuplicateOption Reason = "duplicate-option"
@@ -74,11 +78,12 @@ var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
 // destination picks the destination out of a header that ParseHeader
 // accepted, so there are at most two options with different D bits. It
-// requires every option to name TCP and a destination (D=0) option with an
-// address. The port is the option's, or else localPort, the port the client
-// connected to (§5.2). A source (D=1) option is otherwise ignored. The
-// address is returned unmapped.
-func destination(opts []mptcpleg.Option, localPort uint16) (netip.AddrPort, Reason) {
+// requires every option to name TCP and a destination (D=0) option. Off
+// path, that option must carry an address; the port is the option's, or
+// else the port the client connected to (§5.2). On path, the option must be
+// empty and the destination is local, where the client connected (§6.2.1).
+// The address is returned unmapped.
+func destination(opts []mptcpleg.Option, local netip.AddrPort, onPath bool) (netip.AddrPort, Reason) {
 	var dst *mptcpleg.Option
 	for i := range opts {
 		if opts[i].Protocol != mptcpleg.ProtocolTCP {
@@ -91,14 +96,33 @@ func destination(opts []mptcpleg.Option, localPort uint16) (netip.AddrPort, Reas
 	switch {
 	case dst == nil:
 		return netip.AddrPort{}, ReasonNoDestination
+	case onPath && dst.Addr.IsValid():
+		return netip.AddrPort{}, ReasonAddressOnPath
+	case onPath:
+		return netip.AddrPortFrom(local.Addr().Unmap(), local.Port()), ""
 	case !dst.Addr.IsValid():
 		return netip.AddrPort{}, ReasonEmptyOption
 	}
 	port := dst.Port
 	if port == 0 {
-		port = localPort
+		port = local.Port()
 	}
 	return netip.AddrPortFrom(dst.Addr.Unmap(), port), ""
+}
+
+// source returns the address of the header's source (D=1) option if it is
+// of dst's family and in one of the allowed prefixes (normalized), else
+// the zero Addr: the connection to dst is then made from this host's own
+// address. A source port is never used: two connections from one client
+// port would collide.
+func source(opts []mptcpleg.Option, dst netip.AddrPort, allowed []netip.Prefix) netip.Addr {
+	for _, o := range opts {
+		a := o.Addr.Unmap()
+		if o.Source && a.IsValid() && a.Is4() == dst.Addr().Is4() && containsAddr(allowed, a) {
+			return a
+		}
+	}
+	return netip.Addr{}
 }
 
 // headerReason maps a ParseHeader error other than ErrTruncated to a Reason.

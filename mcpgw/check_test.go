@@ -149,28 +149,68 @@ func TestDestination(t *testing.T) {
 	tests := []struct {
 		name   string
 		opts   []mptcpleg.Option
+		onPath bool
 		want   string
 		reason Reason
 	}{
-		{"v4 with port", []mptcpleg.Option{dst(v4, 443)}, "203.0.113.10:443", ""},
-		{"v4 without port takes the leg's", []mptcpleg.Option{dst(v4, 0)}, "203.0.113.10:5124", ""},
-		{"v6 with port", []mptcpleg.Option{dst(v6, 80)}, "[2001:db8::10]:80", ""},
-		{"mapped is unmapped", []mptcpleg.Option{dst(netip.AddrFrom16(v4.As16()), 80)}, "203.0.113.10:80", ""},
-		{"source option ignored", []mptcpleg.Option{src, dst(v4, 80)}, "203.0.113.10:80", ""},
-		{"flags ignored", []mptcpleg.Option{{Flags: 7, Protocol: 6, Addr: v4, Port: 80}}, "203.0.113.10:80", ""},
-		{"only a source option", []mptcpleg.Option{src}, "", ReasonNoDestination},
-		{"empty option", []mptcpleg.Option{{Protocol: 6}}, "", ReasonEmptyOption},
-		{"udp", []mptcpleg.Option{{Protocol: 17, Addr: v4, Port: 53}}, "", ReasonProtocol},
-		{"source option with udp", []mptcpleg.Option{{Source: true, Protocol: 17, Addr: v4}, dst(v4, 80)}, "", ReasonProtocol},
+		{"v4 with port", []mptcpleg.Option{dst(v4, 443)}, false, "203.0.113.10:443", ""},
+		{"v4 without port takes the leg's", []mptcpleg.Option{dst(v4, 0)}, false, "203.0.113.10:5124", ""},
+		{"v6 with port", []mptcpleg.Option{dst(v6, 80)}, false, "[2001:db8::10]:80", ""},
+		{"mapped is unmapped", []mptcpleg.Option{dst(netip.AddrFrom16(v4.As16()), 80)}, false, "203.0.113.10:80", ""},
+		{"source option ignored", []mptcpleg.Option{src, dst(v4, 80)}, false, "203.0.113.10:80", ""},
+		{"flags ignored", []mptcpleg.Option{{Flags: 7, Protocol: 6, Addr: v4, Port: 80}}, false, "203.0.113.10:80", ""},
+		{"only a source option", []mptcpleg.Option{src}, false, "", ReasonNoDestination},
+		{"empty option", []mptcpleg.Option{{Protocol: 6}}, false, "", ReasonEmptyOption},
+		{"udp", []mptcpleg.Option{{Protocol: 17, Addr: v4, Port: 53}}, false, "", ReasonProtocol},
+		{"source option with udp", []mptcpleg.Option{{Source: true, Protocol: 17, Addr: v4}, dst(v4, 80)}, false, "", ReasonProtocol},
+		{"on path: empty option takes where the leg went", []mptcpleg.Option{{Protocol: 6}}, true, "198.51.100.7:5124", ""},
+		{"on path with a source option", []mptcpleg.Option{{Protocol: 6}, src}, true, "198.51.100.7:5124", ""},
+		{"on path: an address is refused", []mptcpleg.Option{dst(v4, 80)}, true, "", ReasonAddressOnPath},
+		{"on path: only a source option", []mptcpleg.Option{src}, true, "", ReasonNoDestination},
+		{"on path: udp", []mptcpleg.Option{{Protocol: 17}}, true, "", ReasonProtocol},
 	}
+	local := netip.MustParseAddrPort("[::ffff:198.51.100.7]:5124")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, reason := destination(tt.opts, 5124)
+			got, reason := destination(tt.opts, local, tt.onPath)
 			if reason != tt.reason {
 				t.Fatalf("reason = %q, want %q", reason, tt.reason)
 			}
 			if reason == "" && got.String() != tt.want {
 				t.Errorf("destination = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSource(t *testing.T) {
+	allowed := []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24"), netip.MustParsePrefix("2001:db8:1::/48")}
+	v4dst := netip.MustParseAddrPort("203.0.113.10:80")
+	v6dst := netip.MustParseAddrPort("[2001:db8:5::10]:80")
+	src := func(a string) mptcpleg.Option {
+		return mptcpleg.Option{Source: true, Protocol: 6, Addr: netip.MustParseAddr(a)}
+	}
+	empty := mptcpleg.Option{Protocol: 6}
+	tests := []struct {
+		name    string
+		opts    []mptcpleg.Option
+		dst     netip.AddrPort
+		allowed []netip.Prefix
+		want    netip.Addr
+	}{
+		{"allowed v4", []mptcpleg.Option{empty, src("10.0.1.2")}, v4dst, allowed, netip.MustParseAddr("10.0.1.2")},
+		{"mapped v4 is unmapped", []mptcpleg.Option{empty, src("::ffff:10.0.1.2")}, v4dst, allowed, netip.MustParseAddr("10.0.1.2")},
+		{"allowed v6", []mptcpleg.Option{src("2001:db8:1::2"), empty}, v6dst, allowed, netip.MustParseAddr("2001:db8:1::2")},
+		{"outside the prefixes", []mptcpleg.Option{empty, src("10.0.2.2")}, v4dst, allowed, netip.Addr{}},
+		{"nothing allowed: off by default", []mptcpleg.Option{empty, src("10.0.1.2")}, v4dst, nil, netip.Addr{}},
+		{"family differs from the destination's", []mptcpleg.Option{empty, src("10.0.1.2")}, v6dst, allowed, netip.Addr{}},
+		{"empty source option", []mptcpleg.Option{empty, {Source: true, Protocol: 6}}, v4dst, []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, netip.Addr{}},
+		{"no source option", []mptcpleg.Option{empty}, v4dst, allowed, netip.Addr{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := source(tt.opts, tt.dst, tt.allowed); got != tt.want {
+				t.Errorf("source = %v, want %v", got, tt.want)
 			}
 		})
 	}
@@ -220,7 +260,7 @@ func FuzzDecide(f *testing.F) {
 		if err != nil {
 			return
 		}
-		d, reason := destination(opts, 5124)
+		d, reason := destination(opts, netip.MustParseAddrPort("198.51.100.7:5124"), false)
 		if reason != "" {
 			return
 		}

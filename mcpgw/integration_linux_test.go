@@ -498,7 +498,7 @@ func TestIntegrationRandomPayloads(t *testing.T) {
 		if err != nil { // including ErrTruncated: the sender closes
 			return true
 		}
-		d, r := destination(opts, ts.v4.Port())
+		d, r := destination(opts, ts.v4, false)
 		return r != "" || checkDestination(d.Addr(), own, deny, allowSrvs) != ""
 	}
 	r := rand.New(rand.NewPCG(5124, 30))

@@ -42,10 +42,23 @@ const (
 
 // Config configures a Server. Zero durations and limits mean the defaults.
 type Config struct {
-	// Listen are the addresses to accept legs on; at least one. Port 0
-	// picks a free port (see Addrs). An IPv6 address listens for IPv6
-	// only; an IPv4-mapped one is taken as the IPv4 address.
+	// Listen are the addresses to accept legs on; at least one unless
+	// OnPath is set. Port 0 picks a free port (see Addrs). An IPv6 address
+	// listens for IPv6 only; an IPv4-mapped one is taken as the IPv4
+	// address.
 	Listen []netip.AddrPort
+	// OnPath, if not nil, also makes the Server an on-path MCP (see
+	// OnPath); that needs root.
+	OnPath *OnPath
+	// PreserveSource are the prefixes of source addresses that a leg's
+	// source (D=1) MP_CONVERT option may ask for: the connection to the
+	// destination is then made from that address (IP_TRANSPARENT, needs
+	// CAP_NET_ADMIN), and the network must route the destination's replies
+	// to this host, where an on-path MCP's rules deliver them. A source
+	// option outside these prefixes is ignored. Nil ignores every source
+	// option (section 9.1 of the draft: nothing about the customer's
+	// network is used unless configured).
+	PreserveSource []netip.Prefix
 	// Deny are destination prefixes never connected to, on top of the
 	// fixed classes (loopback, multicast, broadcast, unspecified,
 	// link-local). IPv4-mapped prefixes also match the IPv4 addresses.
@@ -117,8 +130,15 @@ type Server struct {
 
 // New checks cfg and returns a Server; it opens nothing.
 func New(cfg Config) (*Server, error) {
-	if len(cfg.Listen) == 0 {
+	if len(cfg.Listen) == 0 && cfg.OnPath == nil {
 		return nil, errors.New("no listen address")
+	}
+	if cfg.OnPath != nil {
+		o := cfg.OnPath.withDefaults()
+		if err := o.validate(); err != nil {
+			return nil, err
+		}
+		cfg.OnPath = &o
 	}
 	listen := make([]netip.AddrPort, 0, len(cfg.Listen))
 	for _, ap := range cfg.Listen {
@@ -133,6 +153,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if cfg.AllowLocal, err = normPrefixes("allow-local", cfg.AllowLocal); err != nil {
+		return nil, err
+	}
+	if cfg.PreserveSource, err = normPrefixes("preserve-source", cfg.PreserveSource); err != nil {
 		return nil, err
 	}
 	switch {
@@ -217,10 +240,11 @@ func (s *Server) Stats() Stats {
 }
 
 // Serve prepares the kernel (see the package doc), listens on every
-// Config.Listen address and serves legs until ctx ends; then it closes the
-// listeners, tears down the legs not yet relayed, closes the relays, waits
-// for all of it and returns nil. It returns an error if it cannot start or
-// a listener fails. Serve may be called once.
+// Config.Listen address, starts the on-path MCP if Config.OnPath is set,
+// and serves legs until ctx ends; then it removes the on-path rules,
+// closes the listeners, tears down the legs not yet relayed, closes the
+// relays, waits for all of it and returns nil. It returns an error if it
+// cannot start or a listener fails. Serve may be called once.
 func (s *Server) Serve(ctx context.Context) error {
 	if !s.served.CompareAndSwap(false, true) {
 		return errors.New("mcpgw: Serve called twice")
@@ -258,23 +282,43 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, ap := range s.Addrs() {
 		s.log.Info("mcpgw listening on "+ap.String(), "addr", ap.String())
 	}
-	close(s.ready)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, len(lns))
-	for _, ln := range lns {
+	errc := make(chan error, 1)
+	serve := func(ln *net.TCPListener, onPath bool) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.acceptLoop(ctx, ln, rl, &wg); err != nil {
-				errc <- err
+			if err := s.acceptLoop(ctx, ln, rl, &wg, onPath); err != nil {
+				select {
+				case errc <- err:
+				default:
+				}
 				cancel()
 			}
 		}()
 	}
+	for _, ln := range lns {
+		serve(ln, false)
+	}
+	var onPath *onPathRuntime
+	if s.cfg.OnPath != nil {
+		onPath, err = startOnPath(*s.cfg.OnPath, s.log, func(ln *net.TCPListener) { serve(ln, true) })
+		if err != nil {
+			cancel()
+			closeAll()
+			wg.Wait()
+			rl.Close()
+			return fmt.Errorf("start on-path MCP: %w", err)
+		}
+	}
+	close(s.ready)
 	<-ctx.Done()
+	if onPath != nil {
+		onPath.close() // closes its listeners
+	}
 	closeAll()
 	wg.Wait()
 	rl.Close()
@@ -287,9 +331,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 }
 
-// acceptLoop accepts legs from ln until ctx ends, starting handleLeg for
-// each in wg. It returns an error only if ln fails for another reason.
-func (s *Server) acceptLoop(ctx context.Context, ln *net.TCPListener, rl *relay.Relay, wg *sync.WaitGroup) error {
+// acceptLoop accepts legs from ln, an on-path listener if onPath, until ctx
+// ends or ln is closed, starting handleLeg for each in wg. It returns an
+// error only if ln fails for another reason.
+func (s *Server) acceptLoop(ctx context.Context, ln *net.TCPListener, rl *relay.Relay, wg *sync.WaitGroup, onPath bool) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.AcceptTCP()
@@ -316,14 +361,16 @@ func (s *Server) acceptLoop(ctx context.Context, ln *net.TCPListener, rl *relay.
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.handleLeg(ctx, c, rl)
+			s.handleLeg(ctx, c, rl, onPath)
 		}()
 	}
 }
 
 // handleLeg reads the leg's header, checks the destination, connects to it
-// and hands both connections to rl, or tears the leg down.
-func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay) {
+// and hands both connections to rl, or tears the leg down. onPath says
+// that an on-path listener took the leg over: it was addressed to its
+// destination.
+func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay, onPath bool) {
 	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	client := remote.Addr().Unmap()
 	log := s.log.With("client", remote.String())
@@ -341,20 +388,21 @@ func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay)
 	}
 	log = log.With("mptcp", mptcp)
 
-	localPort := c.LocalAddr().(*net.TCPAddr).AddrPort().Port()
+	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	opts, extra, reason, err := s.readHeader(ctx, c)
 	if reason != "" {
 		fail(reason, err)
 		return
 	}
-	dst, reason := destination(opts, localPort)
+	dst, reason := destination(opts, local, onPath)
 	if reason != "" {
 		fail(reason, nil)
 		return
 	}
 	log = log.With("dst", dst.String())
+	src := source(opts, dst, s.cfg.PreserveSource)
 	for _, o := range opts {
-		if o.Source {
+		if o.Source && o.Addr.Unmap() != src {
 			log.Debug("source option ignored", "src", netip.AddrPortFrom(o.Addr, o.Port).String())
 		}
 	}
@@ -368,7 +416,13 @@ func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay)
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	nc, err := s.dial(dctx, "tcp", dst.String())
+	var nc net.Conn
+	if src.IsValid() {
+		log = log.With("src", src.String())
+		nc, err = dialTransparent(dctx, src, dst)
+	} else {
+		nc, err = s.dial(dctx, "tcp", dst.String())
+	}
 	cancel()
 	if err != nil {
 		fail(s.failReason(ctx, ReasonDialFailed), err)

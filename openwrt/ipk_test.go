@@ -83,11 +83,9 @@ func TestIPK(t *testing.T) {
 				t.Errorf("%s = %q, want %q", k, fields[k], want)
 			}
 		}
-		// What the iptables backend runs: iptables-nft with the NFQUEUE,
-		// TPROXY, socket and addrtype extensions and their kernel modules.
-		wantDeps := []string{"libc", "iptables-nft", "ip6tables-nft",
-			"iptables-mod-nfqueue", "kmod-ipt-nfqueue", "iptables-mod-tproxy", "kmod-ipt-tproxy",
-			"iptables-mod-socket", "kmod-ipt-socket", "iptables-mod-extra", "kmod-ipt-extra"}
+		// What the default nftables backend needs beside fw4: the queue,
+		// tproxy, socket and fib expressions.
+		wantDeps := []string{"libc", "kmod-nft-queue", "kmod-nft-tproxy", "kmod-nft-socket", "kmod-nft-fib"}
 		if diff := cmp.Diff(wantDeps, strings.Split(fields["Depends"], ", ")); diff != "" {
 			t.Errorf("Depends (-want +got):\n%s", diff)
 		}
@@ -117,8 +115,12 @@ func TestIPK(t *testing.T) {
 			"0 0600 ./etc/config/mcpagent",
 			"5 0755 ./etc/init.d/",
 			"0 0755 ./etc/init.d/mcpagent",
+			"5 0755 ./etc/odhcp6c.user.d/",
+			"0 0644 ./etc/odhcp6c.user.d/mcpagent",
 			"5 0755 ./etc/uci-defaults/",
 			"0 0755 ./etc/uci-defaults/mcpagent",
+			"5 0755 ./etc/udhcpc.user.d/",
+			"0 0644 ./etc/udhcpc.user.d/mcpagent",
 			"5 0755 ./usr/",
 			"5 0755 ./usr/sbin/",
 			"0 0755 ./usr/sbin/mcpagent",
@@ -206,6 +208,8 @@ func TestIPK(t *testing.T) {
 		for _, f := range []string{
 			filepath.Join(root, "etc/init.d/mcpagent"),
 			filepath.Join(root, "etc/uci-defaults/mcpagent"),
+			filepath.Join(root, "etc/udhcpc.user.d/mcpagent"),
+			filepath.Join(root, "etc/odhcp6c.user.d/mcpagent"),
 			filepath.Join(ctrl, "postinst"),
 			filepath.Join(ctrl, "prerm"),
 		} {

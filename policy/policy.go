@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -50,6 +51,7 @@ const (
 	ReasonNative   = "native-mptcp" // the LAN host speaks MPTCP: §7 of the plain-mode draft
 	ReasonConvert  = "convert"      // a usable MCP was found
 	ReasonMCPDown  = "mcp-down"     // every MCP is known to be down
+	ReasonNoMCP    = "no-mcp"       // the MCP list is empty (none learned yet)
 	ReasonLegSetup = "leg-timeout"  // the leg did not come up in time
 )
 
@@ -104,7 +106,30 @@ func (p *Policy) Decide(f Flow) Decision {
 			return Decision{Action: Convert, MCP: m, Reason: ReasonConvert}
 		}
 	}
+	if len(p.mcps) == 0 {
+		return Decision{Action: p.fallback, Reason: ReasonNoMCP}
+	}
 	return Decision{Action: p.fallback, Reason: ReasonMCPDown}
+}
+
+// SetMCPs replaces the MCP list, in order of preference, for the flows
+// decided from now on. An MCP that stays in the list keeps its health; one
+// that leaves it is forgotten, and one that joins it is presumed up.
+// Decisions already made, and the connections they started, are not
+// affected. It reports whether the list changed.
+func (p *Policy) SetMCPs(mcps []netip.AddrPort) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if slices.Equal(p.mcps, mcps) {
+		return false
+	}
+	p.mcps = append([]netip.AddrPort(nil), mcps...)
+	for m := range p.downAt {
+		if !slices.Contains(p.mcps, m) {
+			delete(p.downAt, m)
+		}
+	}
+	return true
 }
 
 // Fallback returns the decision for a flow whose leg failed to come up.

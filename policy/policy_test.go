@@ -11,6 +11,7 @@ import (
 var (
 	mcp1 = netip.MustParseAddrPort("198.51.100.1:5124")
 	mcp2 = netip.MustParseAddrPort("198.51.100.2:5124")
+	mcp3 = netip.MustParseAddrPort("[2001:db8:4::1]:5124")
 	lan  = netip.MustParseAddrPort("192.168.1.2:40000")
 	srv  = netip.MustParseAddrPort("203.0.113.10:80")
 )
@@ -80,7 +81,71 @@ func TestFallbackDefaultsToPass(t *testing.T) {
 	if d := New(Config{MCPs: []netip.AddrPort{mcp1}}).Decide(Flow{}); d.Action != Convert {
 		t.Fatalf("Decide = %+v", d)
 	}
-	if d := New(Config{}).Decide(Flow{}); d.Action != Pass || d.Reason != ReasonMCPDown {
+	if d := New(Config{}).Decide(Flow{}); d.Action != Pass || d.Reason != ReasonNoMCP {
 		t.Fatalf("no MCP: Decide = %+v", d)
+	}
+}
+
+// TestSetMCPs replaces the list of a policy whose first MCP is down: the
+// health of MCPs that stay is kept, that of MCPs that leave is forgotten.
+func TestSetMCPs(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	tests := []struct {
+		name        string
+		set         []netip.AddrPort
+		wantChanged bool
+		want        Decision         // the next decision
+		wantDue     []netip.AddrPort // probes due Retry later
+	}{
+		{name: "same list: nothing changes", set: []netip.AddrPort{mcp1, mcp2},
+			want:    Decision{Action: Convert, MCP: mcp2, Reason: ReasonConvert},
+			wantDue: []netip.AddrPort{mcp1}},
+		{name: "reordered: the down mcp stays down", set: []netip.AddrPort{mcp2, mcp1}, wantChanged: true,
+			want:    Decision{Action: Convert, MCP: mcp2, Reason: ReasonConvert},
+			wantDue: []netip.AddrPort{mcp1}},
+		{name: "down mcp alone: fallback at once", set: []netip.AddrPort{mcp1}, wantChanged: true,
+			want:    Decision{Action: Pass, Reason: ReasonMCPDown},
+			wantDue: []netip.AddrPort{mcp1}},
+		{name: "new first mcp is presumed up", set: []netip.AddrPort{mcp3, mcp1}, wantChanged: true,
+			want:    Decision{Action: Convert, MCP: mcp3, Reason: ReasonConvert},
+			wantDue: []netip.AddrPort{mcp1}},
+		{name: "down mcp leaves: forgotten, no probe", set: []netip.AddrPort{mcp2}, wantChanged: true,
+			want: Decision{Action: Convert, MCP: mcp2, Reason: ReasonConvert}},
+		{name: "empty list: fallback, the down mcp forgotten", set: nil, wantChanged: true,
+			want: Decision{Action: Pass, Reason: ReasonNoMCP}},
+	}
+	apEqual := cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := New(Config{MCPs: []netip.AddrPort{mcp1, mcp2}, Retry: time.Second})
+			p.Failed(mcp1, t0)
+			if got := p.SetMCPs(tt.set); got != tt.wantChanged {
+				t.Errorf("SetMCPs = %v, want %v", got, tt.wantChanged)
+			}
+			if diff := cmp.Diff(tt.want, p.Decide(Flow{Src: lan, Dst: srv}), apEqual); diff != "" {
+				t.Errorf("Decide (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.wantDue, p.DueProbes(t0.Add(time.Second)), apEqual); diff != "" {
+				t.Errorf("DueProbes (-want +got):\n%s", diff)
+			}
+			if len(tt.set) == 0 {
+				// An MCP that was forgotten comes back presumed up.
+				p.SetMCPs([]netip.AddrPort{mcp1})
+				if d := p.Decide(Flow{Src: lan, Dst: srv}); d.MCP != mcp1 {
+					t.Errorf("after re-adding mcp1 Decide = %+v, want mcp1", d)
+				}
+			}
+		})
+	}
+}
+
+// TestSetMCPsCopies checks that the caller's slice is not kept.
+func TestSetMCPsCopies(t *testing.T) {
+	p := New(Config{})
+	list := []netip.AddrPort{mcp1}
+	p.SetMCPs(list)
+	list[0] = mcp2
+	if d := p.Decide(Flow{}); d.MCP != mcp1 {
+		t.Fatalf("Decide = %+v after the caller changed its slice, want mcp1", d)
 	}
 }

@@ -93,6 +93,7 @@ mcp:
   servers: ["198.51.100.1:5124"]
 leg_timeout: 1.5s
 fallback: direct
+control_socket: ${work}/mcpagent.sock
 YAML
 start cpe mcpagent "agent running" "${work}/mcpagent" -config "${work}/mcpagent.yaml"
 

@@ -92,7 +92,8 @@ root="${work}/data"
 ctrl="${work}/control"
 pkg="${work}/pkg"
 install -d -m 0755 "${root}" "${ctrl}" "${pkg}" \
-	"${root}/usr/sbin" "${root}/etc/init.d" "${root}/etc/config" "${root}/etc/uci-defaults"
+	"${root}/usr/sbin" "${root}/etc/init.d" "${root}/etc/config" "${root}/etc/uci-defaults" \
+	"${root}/etc/udhcpc.user.d" "${root}/etc/odhcp6c.user.d"
 
 # shellcheck disable=SC2046 # goenv prints VAR=value words
 env CGO_ENABLED=0 GOOS=linux $(goenv "${arch}") \
@@ -103,6 +104,9 @@ chmod 0755 "${root}/usr/sbin/mcpagent"
 install -m 0755 "${files}/mcpagent.init" "${root}/etc/init.d/mcpagent"
 install -m 0600 "${files}/mcpagent.config" "${root}/etc/config/mcpagent"
 install -m 0755 "${files}/mcpagent.uci-defaults" "${root}/etc/uci-defaults/mcpagent"
+# The DHCP hooks, sourced by netifd's DHCP scripts (INSTALL_DATA).
+install -m 0644 "${files}/mcpagent.udhcpc" "${root}/etc/udhcpc.user.d/mcpagent"
+install -m 0644 "${files}/mcpagent.odhcp6c" "${root}/etc/odhcp6c.user.d/mcpagent"
 
 # tarz writes a gzip'd tar of paths under dir the way ipkg-build does.
 tarz() {

@@ -13,6 +13,7 @@ set -euo pipefail
 packages=(
 	iproute2      # ip, tc
 	iptables      # iptables, ip6tables (nft backend by default)
+	nftables      # nft: the agent's nftables backend (firewall tests)
 	tcpdump
 	tshark        # dissects MPTCP options in captures
 	curl
@@ -28,6 +29,9 @@ packages=(
 	shellcheck    # checks the scripts in this directory
 	busybox       # sh -n with the ash OpenWrt runs (openwrt/ tests)
 	qemu-user-static # tests and binaries for router CPUs (make test-cross)
+	shadowsocks-libev # ss-redir, ss-server: compared in make bench
+	redsocks          # compared in make bench, with microsocks
+	microsocks        # SOCKS5 server for redsocks (make bench)
 )
 
 if [[ ${EUID} -ne 0 ]]; then

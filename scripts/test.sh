@@ -34,11 +34,11 @@ if [[ "${fuzztime}" != 0 ]]; then
 	# Each target is found where it is defined: "func FuzzX(" in a _test.go.
 	grep -rlE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]+\(' . | sort | while read -r file; do
 		dir=$(dirname "${file}")
-		for target in $(grep -oE '^func Fuzz[A-Za-z0-9_]+' "${file}" | cut -d' ' -f2); do
+		grep -oE '^func Fuzz[A-Za-z0-9_]+' "${file}" | cut -d' ' -f2 | while read -r target; do
 			echo "-- ${dir} ${target}"
 			# No minimizing: a new input still being minimized when the time
 			# is up makes go test report "context deadline exceeded".
-			go test -run '^$' -fuzz "^${target}\$" -fuzztime "${fuzztime}" -fuzzminimizetime 0 "${dir}"
+			go test -run '^$' -fuzz "^${target}\$" -fuzztime "${fuzztime}" -fuzzminimizetime 0 "${dir}" </dev/null
 		done
 	done
 fi

@@ -5,6 +5,9 @@
 //	mcpagent -config /etc/mcpagent/mcpagent.yaml
 //	mcpagent -uci /etc/config/mcpagent   # OpenWrt: the UCI file instead
 //	mcpagent -check -config FILE   # validate the configuration and exit
+//	mcpagent dhcp-event -uci FILE -family 4 -event bound -interface wan
+//	                               # from a DHCP client's hook: hand the
+//	                               # agent the options in the environment
 package main
 
 import (
@@ -28,6 +31,9 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == "dhcp-event" {
+		return dhcpEvent(os.Args[2:])
+	}
 	configPath := flag.String("config", "/etc/mcpagent/mcpagent.yaml", "configuration `file`")
 	uciPath := flag.String("uci", "", "read the OpenWrt UCI `file` (/etc/config/mcpagent) instead of -config")
 	check := flag.Bool("check", false, "validate the configuration and exit")

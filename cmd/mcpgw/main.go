@@ -6,7 +6,16 @@
 //
 //	mcpgw [-listen ADDR:PORT]... [-deny CIDR]... [-allow-local CIDR]...
 //	      [-max-conns-per-client N] [-max-subflows N] [-idle-timeout D]
+//	      [-mode off-path|on-path] [-queue N] [-mark-mask M]
+//	      [-convert-mark M] [-reject-mark M] [-tproxy-mark M] [-table N]
+//	      [-rule-pref N] [-preserve-source CIDR]...
 //	      [-log-level debug|info] [-version]
+//
+// With -mode on-path it runs on a router on the path to the servers and
+// terminates the MPTCP connections whose SYN carries an empty MP_CONVERT,
+// forwarding everything else; it listens on -listen addresses only if some
+// are given. -preserve-source lets a leg's source MP_CONVERT option within
+// CIDR be the source of the connection to the server.
 //
 // It runs until SIGINT or SIGTERM and then exits with status 0.
 package main
@@ -47,6 +56,17 @@ func run(args []string) error {
 	fs.Var(&listen, "listen", "`ADDR:PORT` to accept legs on; repeatable (default 0.0.0.0:5124 and [::]:5124)")
 	fs.Var(&deny, "deny", "destination `CIDR` never connected to; repeatable")
 	fs.Var(&allowLocal, "allow-local", "`CIDR` of this host's own addresses that clients may reach; repeatable")
+	mode := fs.String("mode", "off-path", "off-path (legs addressed to -listen) or on-path (legs intercepted on a router)")
+	var preserve listFlag[netip.Prefix]
+	preserve.parse = netip.ParsePrefix
+	fs.Var(&preserve, "preserve-source", "`CIDR` of source addresses a leg's source option may ask for; repeatable (default: none)")
+	queue := fs.Uint("queue", mcpgw.DefaultOnPathQueue, "on-path: NFQUEUE number for MPTCP SYNs")
+	markMask := fs.Uint("mark-mask", mcpgw.DefaultOnPathMarkMask, "on-path: packet mark bits the MCP owns")
+	convertMark := fs.Uint("convert-mark", mcpgw.DefaultOnPathConvertMark, "on-path: mark of SYNs to terminate")
+	rejectMark := fs.Uint("reject-mark", mcpgw.DefaultOnPathRejectMark, "on-path: mark of SYNs to reset")
+	tproxyMark := fs.Uint("tproxy-mark", mcpgw.DefaultOnPathTProxyMark, "on-path: mark of packets delivered locally")
+	table := fs.Int("table", mcpgw.DefaultOnPathTable, "on-path: routing table for local delivery")
+	rulePref := fs.Int("rule-pref", mcpgw.DefaultOnPathRulePref, "on-path: priority of the routing rule")
 	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client address")
 	maxSubflows := fs.Uint("max-subflows", mcpgw.DefaultMaxSubflows, "additional subflows per MPTCP connection")
 	idle := fs.Duration("idle-timeout", 2*time.Hour, "close legs idle for this long (0: never)")
@@ -72,12 +92,38 @@ func run(args []string) error {
 	if *maxSubflows > mcpgw.MaxSubflows {
 		return fmt.Errorf("-max-subflows %d: at most %d", *maxSubflows, mcpgw.MaxSubflows)
 	}
-	if len(listen.vals) == 0 {
-		listen.vals = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:5124"), netip.MustParseAddrPort("[::]:5124")}
+	var onPath *mcpgw.OnPath
+	switch *mode {
+	case "off-path":
+		if len(listen.vals) == 0 {
+			listen.vals = []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:5124"), netip.MustParseAddrPort("[::]:5124")}
+		}
+	case "on-path":
+		for _, v := range []uint{*markMask, *convertMark, *rejectMark, *tproxyMark} {
+			if v > 0xffffffff {
+				return fmt.Errorf("mark %#x is wider than 32 bits", v)
+			}
+		}
+		if *queue > 0xffff {
+			return fmt.Errorf("-queue %d: at most 65535", *queue)
+		}
+		onPath = &mcpgw.OnPath{
+			Queue:        uint16(*queue),
+			MarkMask:     uint32(*markMask),
+			ConvertMark:  uint32(*convertMark),
+			RejectMark:   uint32(*rejectMark),
+			TProxyMark:   uint32(*tproxyMark),
+			Table:        *table,
+			RulePriority: *rulePref,
+		}
+	default:
+		return fmt.Errorf("-mode %q: want off-path or on-path", *mode)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	srv, err := mcpgw.New(mcpgw.Config{
 		Listen:            listen.vals,
+		OnPath:            onPath,
+		PreserveSource:    preserve.vals,
 		Deny:              deny.vals,
 		AllowLocal:        allowLocal.vals,
 		MaxConnsPerClient: *maxConns,

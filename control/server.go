@@ -1,0 +1,227 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Timeout bounds one exchange on the socket, at either end, unless the
+// client's context says otherwise.
+const Timeout = time.Second
+
+// maxConns bounds the connections served at once; more are closed at once.
+const maxConns = 16
+
+// Config configures a Server.
+type Config struct {
+	// Path is the socket's path. Required.
+	Path string
+	// DHCP acts on a DHCP event; its error, if any, refuses the request
+	// and its text goes back to the client. It may be called from several
+	// goroutines at once. Nil refuses every DHCP event.
+	DHCP func(DHCPEvent) error
+	// Logger receives requests that could not be read; nil discards.
+	Logger *slog.Logger
+}
+
+// Server answers requests on a unix socket. Close stops it.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	ln   *net.UnixListener
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+	err  error
+}
+
+// Listen creates the socket at cfg.Path, mode 0600, and starts serving.
+// A socket left at the path by an agent that is gone is replaced; a live
+// one, or a file that is not a socket, is an error.
+func Listen(cfg Config) (*Server, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("control socket: no path")
+	}
+	if err := removeStale(cfg.Path); err != nil {
+		return nil, err
+	}
+	ln, err := listenPrivate(cfg.Path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", cfg.Path, err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Server{cfg: cfg, log: log, ln: ln, sem: make(chan struct{}, maxConns)}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+// removeStale removes a socket at path that nobody listens on.
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("control socket %s: a file that is not a socket is in the way", path)
+	}
+	if c, err := net.DialTimeout("unix", path, Timeout); err == nil {
+		c.Close()
+		return fmt.Errorf("control socket %s: another agent is listening on it", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("control socket %s: remove stale socket: %w", path, err)
+	}
+	return nil
+}
+
+// listenPrivate binds a socket that no one else can connect to even for
+// a moment: it is created in a fresh directory of mode 0700 beside path,
+// made 0600, and only then renamed to path.
+func listenPrivate(path string) (*net.UnixListener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".mcpagent-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	// Close must remove path, not the temporary name.
+	ln.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// Close stops accepting, waits for the requests being served and removes
+// the socket. Only the first call does anything; later calls return its
+// result.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		s.err = s.ln.Close()
+		s.wg.Wait()
+		if err := os.Remove(s.cfg.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.err = errors.Join(s.err, err)
+		}
+	})
+	return s.err
+}
+
+func (s *Server) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.log.Error("control socket accept", "err", err)
+			}
+			return
+		}
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			s.log.Warn("control socket busy: connection dropped", "max", maxConns)
+			c.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go s.serveConn(c)
+	}
+}
+
+// serveConn answers the one request of c.
+func (s *Server) serveConn(c *net.UnixConn) {
+	defer func() { <-s.sem; s.wg.Done() }()
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(Timeout))
+	line, err := readLine(c)
+	if err != nil {
+		s.log.Debug("control socket: unreadable request", "err", err)
+		return
+	}
+	var resp Response
+	if err := s.handle(line); err != nil {
+		resp.Error = err.Error()
+	}
+	b, err := appendLine(nil, resp)
+	if err == nil {
+		_, err = c.Write(b)
+	}
+	if err != nil {
+		s.log.Debug("control socket: write response", "err", err)
+	}
+}
+
+func (s *Server) handle(line []byte) error {
+	req, err := DecodeRequest(line)
+	if err != nil {
+		return err
+	}
+	if s.cfg.DHCP == nil {
+		return errors.New("dhcp events are not taken")
+	}
+	return s.cfg.DHCP(*req.DHCP)
+}
+
+// Send sends req to the agent listening on path and waits for its answer,
+// at most Timeout or until ctx ends. It returns nil when the agent did
+// what was asked, an error wrapping ErrRefused and the agent's reason when
+// it refused, and another error when it could not be asked.
+func Send(ctx context.Context, path string, req Request) error {
+	b, err := AppendRequest(nil, req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return fmt.Errorf("reach the agent: %w", err)
+	}
+	c := nc.(*net.UnixConn)
+	defer c.Close()
+	deadline, _ := ctx.Deadline()
+	c.SetDeadline(deadline)
+	if _, err := c.Write(b); err != nil {
+		return fmt.Errorf("send to the agent: %w", err)
+	}
+	line, err := readLine(c)
+	if err != nil {
+		return fmt.Errorf("read the agent's answer: %w", err)
+	}
+	var resp Response
+	if err := decodeLine(line, &resp); err != nil {
+		return fmt.Errorf("read the agent's answer: %w", err)
+	}
+	if resp.Error != "" {
+		return fmt.Errorf("%w: %s", ErrRefused, resp.Error)
+	}
+	return nil
+}
+
+// ErrRefused reports that the agent answered and refused a request.
+var ErrRefused = errors.New("the agent refused")

@@ -1,0 +1,93 @@
+package mcpgw
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/mcpagent/mcpagent/intercept"
+	"github.com/mcpagent/mcpagent/internal/golden"
+)
+
+func TestOnPathRules(t *testing.T) {
+	custom := OnPath{Queue: 7, MarkMask: 0xf0, ConvertMark: 0x10, RejectMark: 0x20, TProxyMark: 0x30, Table: 70, RulePriority: 80}
+	tests := []struct {
+		name string
+		o    OnPath
+		v6   bool
+	}{
+		{"onpath_ipv4.golden", OnPath{}.withDefaults(), false},
+		{"onpath_ipv6.golden", OnPath{}.withDefaults(), true},
+		{"onpath_custom_ipv4.golden", custom, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.o.validate(); err != nil {
+				t.Fatal(err)
+			}
+			golden.Check(t, tt.name, onPathRules(tt.o, tt.v6))
+		})
+	}
+	// Removal names every chain the rules declare, and both jumps.
+	for _, v6 := range []bool{false, true} {
+		rm := removeOnPathRules(v6)
+		for _, c := range []string{chainOnPath, chainOnPathDivert, chainOnPathReject} {
+			if !strings.Contains(rm, "-X "+c+"\n") || !strings.Contains(onPathRules(OnPath{}.withDefaults(), v6), ":"+c+" ") {
+				t.Errorf("chain %s is not both installed and removed (v6 %v):\n%s", c, v6, rm)
+			}
+		}
+		if !strings.Contains(rm, "-D PREROUTING -p tcp -j "+chainOnPath+"\n") || !strings.Contains(rm, "-D FORWARD -p tcp -j "+chainOnPathReject+"\n") {
+			t.Errorf("removal does not delete the jumps:\n%s", rm)
+		}
+	}
+}
+
+func TestOnPathValidate(t *testing.T) {
+	ok := OnPath{}.withDefaults()
+	tests := []struct {
+		name    string
+		edit    func(o *OnPath)
+		wantErr string
+	}{
+		{"defaults", func(*OnPath) {}, ""},
+		{"mark outside mask", func(o *OnPath) { o.ConvertMark = 0x10 }, "on-path convert mark 0x10 is outside mark mask 0xf000000"},
+		{"same marks", func(o *OnPath) { o.TProxyMark = o.RejectMark }, "on-path reject and tproxy marks are both 0x2000000"},
+		{"local table", func(o *OnPath) { o.Table = 255 }, "on-path routing table 255"},
+		{"rule after main", func(o *OnPath) { o.RulePriority = 32766 }, "on-path rule priority 32766"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := ok
+			tt.edit(&o)
+			err := o.validate()
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("validate = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestDecideOnPath(t *testing.T) {
+	src, dst := netip.MustParseAddrPort("10.0.1.2:40000"), netip.MustParseAddrPort("203.0.113.10:80")
+	tests := []struct {
+		name string
+		syn  intercept.SYN
+		want onPathAction
+	}{
+		{"plain TCP", intercept.SYN{}, forward},
+		{"native MPTCP (no MP_CONVERT) is forwarded (section 7)", intercept.SYN{MPTCP: intercept.NativeCapable}, forward},
+		{"MP_CAPABLE and empty MP_CONVERT: terminate (section 6.2.1)", intercept.SYN{MPTCP: intercept.NativeCapable, MPConvert: intercept.MPConvertEmpty}, terminate},
+		{"MP_CONVERT with an address is for an off-path MCP", intercept.SYN{MPTCP: intercept.NativeCapable, MPConvert: intercept.MPConvertAddr}, forward},
+		{"MP_JOIN: its token decides", intercept.SYN{MPTCP: intercept.NativeJoin, Token: 7}, checkJoin},
+		{"MP_CONVERT without MP_CAPABLE is ignored (section 4)", intercept.SYN{MPConvert: intercept.MPConvertEmpty}, ignoreConvert},
+		{"MP_CONVERT with an address without MP_CAPABLE is ignored", intercept.SYN{MPConvert: intercept.MPConvertAddr}, ignoreConvert},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.syn.Src, tt.syn.Dst = src, dst
+			if got := decideOnPath(tt.syn); got != tt.want {
+				t.Errorf("decideOnPath = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
