@@ -15,6 +15,11 @@ build:
 test:
 	scripts/test.sh
 
+## bench: side-by-side benchmarks on the testbed; writes bench/results.md and bench/results.json (needs root; BENCHFLAGS=-reps 5 ...)
+.PHONY: bench
+bench:
+	BENCH_COMMAND='make bench$(if $(BENCHFLAGS), BENCHFLAGS="$(BENCHFLAGS)")' scripts/bench.sh $(BENCHFLAGS)
+
 ## demo: testbed up, agent and mcpgw started, a download through both uplinks
 demo:
 	scripts/demo.sh
