@@ -91,7 +91,7 @@ func (o OnPath) validate() error {
 		}
 	}
 	switch {
-	case o.Table < 1 || o.Table > 0xfffffffe || o.Table >= 253 && o.Table <= 255:
+	case o.Table < 1 || int64(o.Table) > 0xfffffffe || o.Table >= 253 && o.Table <= 255:
 		return fmt.Errorf("on-path routing table %d is reserved or out of range", o.Table)
 	case o.RulePriority < 1 || o.RulePriority >= 32766:
 		return fmt.Errorf("on-path rule priority %d is not in 1-32765", o.RulePriority)

@@ -19,7 +19,7 @@ import (
 // parseEndpointMsg decodes the payload of a GET_ADDR reply: one
 // MPTCP_PM_ATTR_ADDR holding the endpoint.
 func parseEndpointMsg(b []byte) (Endpoint, error) {
-	ad, err := netlink.NewAttributeDecoder(b)
+	ad, err := newDecoder(b)
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("decode endpoint: %w", err)
 	}
@@ -52,7 +52,7 @@ func parseEndpointMsg(b []byte) (Endpoint, error) {
 // parseEndpoint decodes a nested MPTCP_PM_ADDR_ATTR_* set, as
 // mptcp_nl_fill_addr writes it.
 func parseEndpoint(b []byte) (Endpoint, error) {
-	ad, err := netlink.NewAttributeDecoder(b)
+	ad, err := newDecoder(b)
 	if err != nil {
 		return Endpoint{}, err
 	}
@@ -99,7 +99,7 @@ func parseEndpoint(b []byte) (Endpoint, error) {
 
 // parseLimits decodes the payload of a GET_LIMITS reply.
 func parseLimits(b []byte) (Limits, error) {
-	ad, err := netlink.NewAttributeDecoder(b)
+	ad, err := newDecoder(b)
 	if err != nil {
 		return Limits{}, fmt.Errorf("decode limits: %w", err)
 	}
@@ -136,7 +136,7 @@ func parseLimits(b []byte) (Limits, error) {
 // command is the event type, the attributes are MPTCP_ATTR_*.
 func parseEvent(m genetlink.Message) (Event, error) {
 	ev := Event{Type: EventType(m.Header.Command)}
-	ad, err := netlink.NewAttributeDecoder(m.Data)
+	ad, err := newDecoder(m.Data)
 	if err != nil {
 		return Event{}, fmt.Errorf("decode %s event: %w", ev.Type, err)
 	}
@@ -280,4 +280,12 @@ func setAddr(dst *netip.Addr, name string, b []byte, n int) error {
 		*dst = netip.AddrFrom16([16]byte(b))
 	}
 	return nil
+}
+
+// newDecoder returns an attribute decoder over a copy of b. The netlink
+// package reads attribute headers in place, and a slice at an odd offset
+// (a nested attribute, a fuzzer's input) faults on CPUs that trap
+// unaligned loads, such as MIPS; a fresh allocation is aligned.
+func newDecoder(b []byte) (*netlink.AttributeDecoder, error) {
+	return netlink.NewAttributeDecoder(append([]byte(nil), b...))
 }

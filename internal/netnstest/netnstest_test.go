@@ -7,9 +7,9 @@ import (
 
 func TestMain(m *testing.M) { Main(m) }
 
-// TestIsolatedNamespaceHasOnlyLoopback checks that Main really moved the
+// TestIntegrationIsolatedNamespace checks that Main really moved the
 // tests into a fresh namespace: only lo, and lo is up.
-func TestIsolatedNamespaceHasOnlyLoopback(t *testing.T) {
+func TestIntegrationIsolatedNamespace(t *testing.T) {
 	RequireIsolatedRoot(t)
 	ifs, err := net.Interfaces()
 	if err != nil {
