@@ -52,11 +52,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	for i, u := range cfg.Uplinks {
 		uplinks[i] = route.Uplink{Name: u.Name, Interface: u.Interface, Table: cfg.Routing.TableBase + 1 + i}
 	}
-	eps, err := newEndpointSync(len(cfg.Uplinks), log.With("component", "endpoints"))
+	eps, err := newEndpointSync(cfg.MaxSubflows, log.With("component", "endpoints"))
 	if err != nil {
 		return err
 	}
 	undo = append(undo, eps.close)
+	ups := newUplinkManager(cfg, eps, log.With("component", "uplinks"))
 	pol := policy.New(policy.Config{MCPs: cfg.MCP.Addrs, Fallback: fallbackAction(cfg.Fallback)})
 	prov, inf := startDHCP(cfg, pol, log.With("component", "dhcp"))
 	if inf != nil {
@@ -68,23 +69,32 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		MarkMask:     mask,
 		TProxyTable:  cfg.Routing.TableBase,
 		RulePriority: cfg.Routing.RulePref,
-		OnChange:     func(s []route.UplinkState) { eps.apply(s); inf.uplinksChanged(s) },
+		OnChange:     func(s []route.UplinkState) { ups.update(s); inf.uplinksChanged(s) },
 		Logger:       log.With("component", "route"),
 	})
 	if err != nil {
 		return fmt.Errorf("set up routing: %w", err)
 	}
 	undo = append(undo, func() { rt.Close() })
-	eps.refresh(rt.State)
+	ups.refresh(rt.State)
 
 	legCtx, cancelLegs := context.WithCancel(context.Background())
 	// On path, MP_CONVERT must travel in the SYN: that is all an on-path
 	// MCP sees when it decides whether to take the connection over.
 	onPath := cfg.MCP.Mode == config.MCPModeOnPath
-	conv := newConverter(legCtx, pol, legDialer(cfg.LegFastOpen || onPath), time.Duration(cfg.LegTimeout), log.With("component", "convert"))
-	conv.onPath, conv.source = onPath, cfg.MCP.Source()
+	conv := newConverter(legCtx, pol, legDialer(cfg.LegFastOpen || onPath, cfg.CongestionControl), time.Duration(cfg.LegTimeout), log.With("component", "convert"))
+	conv.onPath, conv.source, conv.sources = onPath, cfg.MCP.Source(), ups.initialSources
 	var probes sync.WaitGroup
 	undo = append(undo, func() { cancelLegs(); probes.Wait(); conv.close() })
+	if !onPath {
+		// On path there is no MCP address to probe toward: the uplinks
+		// count as healthy while they are up.
+		probes.Add(1)
+		go func() {
+			defer probes.Done()
+			ups.probeUplinks(legCtx, pol.Preferred, time.Duration(cfg.Probe.Interval), time.Duration(cfg.Probe.Timeout))
+		}()
+	}
 
 	for _, addr := range []netip.AddrPort{
 		netip.AddrPortFrom(netip.IPv4Unspecified(), cfg.Netfilter.TProxyPort),

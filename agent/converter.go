@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -55,14 +56,16 @@ const (
 // fallback at once.
 const defaultMaxDialing = 4096
 
-// dialFunc opens a leg to mcp carrying header; tests replace it.
-type dialFunc func(ctx context.Context, mcp netip.AddrPort, header []byte) (*mptcpleg.Leg, error)
+// dialFunc opens a leg to mcp carrying header, its initial subflow from
+// local (invalid: routing chooses); tests replace it.
+type dialFunc func(ctx context.Context, mcp netip.AddrPort, local netip.Addr, header []byte) (*mptcpleg.Leg, error)
 
 // legDialer returns the dialFunc that opens real legs, with MP_CONVERT in
-// the SYN (fastOpen) or in the first segment after the handshake.
-func legDialer(fastOpen bool) dialFunc {
-	return func(ctx context.Context, mcp netip.AddrPort, header []byte) (*mptcpleg.Leg, error) {
-		return mptcpleg.Dial(ctx, mptcpleg.DialConfig{Remote: mcp, Header: header, HeaderAfterHandshake: !fastOpen})
+// the SYN (fastOpen) or in the first segment after the handshake, and the
+// congestion control cc ("": the system's).
+func legDialer(fastOpen bool, cc string) dialFunc {
+	return func(ctx context.Context, mcp netip.AddrPort, local netip.Addr, header []byte) (*mptcpleg.Leg, error) {
+		return mptcpleg.Dial(ctx, mptcpleg.DialConfig{Remote: mcp, Local: local, Header: header, HeaderAfterHandshake: !fastOpen, CongestionControl: cc})
 	}
 }
 
@@ -76,6 +79,9 @@ type converterStats struct {
 type converter struct {
 	policy *policy.Policy
 	dial   dialFunc
+	// sources, if not nil, returns the addresses to try in turn for the
+	// initial subflow of a leg to remote, best uplink first.
+	sources func(remote netip.Addr) []netip.Addr
 	// onPath addresses each leg to the flow's destination with an empty
 	// MP_CONVERT, for an MCP on the path (config.MCPModeOnPath); the
 	// policy then only passes native MPTCP.
@@ -183,9 +189,7 @@ func (c *converter) openLeg(key flowKey, mcp netip.AddrPort, release func(interc
 	header, err := c.header(key)
 	var leg *mptcpleg.Leg
 	if err == nil {
-		ctx, cancel := context.WithTimeout(c.ctx, c.legTimeout)
-		leg, err = c.dial(ctx, mcp, header)
-		cancel()
+		leg, err = c.dialOverUplinks(mcp, header)
 	}
 	if err == nil && c.onPath && !leg.MPTCP {
 		// No MCP on the path answered: the destination itself did, and
@@ -195,6 +199,41 @@ func (c *converter) openLeg(key flowKey, mcp netip.AddrPort, release func(interc
 
 	v := c.finishLeg(key, mcp, leg, err)
 	release(v)
+}
+
+// dialOverUplinks opens the leg within legTimeout, its initial subflow over
+// the best uplink first. An attempt whose SYN gets no answer in its share
+// of the time left is abandoned for the next uplink: the last attempt gets
+// all that is left.
+func (c *converter) dialOverUplinks(mcp netip.AddrPort, header []byte) (*mptcpleg.Leg, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.legTimeout)
+	defer cancel()
+	var srcs []netip.Addr
+	if c.sources != nil {
+		srcs = c.sources(mcp.Addr())
+	}
+	if len(srcs) == 0 {
+		return c.dial(ctx, mcp, netip.Addr{}, header)
+	}
+	var errs []error
+	for i, src := range srcs {
+		attempt := ctx
+		if deadline, ok := ctx.Deadline(); ok && i < len(srcs)-1 {
+			share := time.Until(deadline) / time.Duration(len(srcs)-i)
+			var cancelAttempt context.CancelFunc
+			attempt, cancelAttempt = context.WithTimeout(ctx, share)
+			defer cancelAttempt()
+		}
+		leg, err := c.dial(attempt, mcp, src, header)
+		if err == nil {
+			return leg, nil
+		}
+		errs = append(errs, fmt.Errorf("from %s: %w", src, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
 }
 
 // header returns the MP_CONVERT options and EOL of key's leg: the

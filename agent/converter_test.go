@@ -35,11 +35,14 @@ type fakeDialer struct {
 	fail  map[netip.AddrPort]error
 	gate  chan struct{} // if non-nil, dials wait for it (or ctx)
 	plain bool          // legs fall back to plain TCP
+	// blackholed sources get no answer: their dials wait for ctx.
+	blackholed map[netip.Addr]bool
 }
 
 type dialCall struct {
-	mcp  netip.AddrPort
-	opts []mptcpleg.Option
+	mcp   netip.AddrPort
+	opts  []mptcpleg.Option
+	local netip.Addr
 }
 
 func newFakeDialer(t *testing.T) *fakeDialer {
@@ -60,15 +63,18 @@ func newFakeDialer(t *testing.T) *fakeDialer {
 	return &fakeDialer{t: t, ln: ln, fail: map[netip.AddrPort]error{}}
 }
 
-func (d *fakeDialer) dial(ctx context.Context, mcp netip.AddrPort, header []byte) (*mptcpleg.Leg, error) {
+func (d *fakeDialer) dial(ctx context.Context, mcp netip.AddrPort, local netip.Addr, header []byte) (*mptcpleg.Leg, error) {
 	opts, n, err := mptcpleg.ParseHeader(header)
 	if err != nil || n != len(header) {
 		d.t.Errorf("leg header %x does not parse: %v", header, err)
 	}
 	d.mu.Lock()
-	d.calls = append(d.calls, dialCall{mcp, opts})
+	d.calls = append(d.calls, dialCall{mcp, opts, local})
 	err = d.fail[mcp]
 	gate := d.gate
+	if d.blackholed[local] {
+		gate = make(chan struct{})
+	}
 	d.mu.Unlock()
 	if gate != nil {
 		select {
@@ -328,5 +334,41 @@ func TestCloseReleasesHeldSYNsUnconverted(t *testing.T) {
 	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst6}, v.release)
 	if got := v.next(t); got != intercept.Accept {
 		t.Fatalf("verdict after close = %v, want Accept", got)
+	}
+}
+
+// TestLegRetriedOverNextUplink: a SYN over the best uplink that gets no
+// answer is abandoned, within the leg timeout, for the next uplink.
+func TestLegRetriedOverNextUplink(t *testing.T) {
+	dsl, lte := netip.MustParseAddr("10.0.1.2"), netip.MustParseAddr("100.64.0.2")
+	d := newFakeDialer(t)
+	d.blackholed = map[netip.Addr]bool{dsl: true}
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
+	c.sources = func(remote netip.Addr) []netip.Addr {
+		if remote != testMCP.Addr() {
+			t.Errorf("sources asked for %v, want the MCP %v", remote, testMCP.Addr())
+		}
+		return []netip.Addr{dsl, lte}
+	}
+	v := make(verdicts, 1)
+	start := time.Now()
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, v.release)
+	if got := v.next(t); got != intercept.Convert {
+		t.Fatalf("verdict %v, want Convert over the second uplink", got)
+	}
+	if took := time.Since(start); took >= c.legTimeout {
+		t.Errorf("leg took %v, more than the leg timeout %v", took, c.legTimeout)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var locals []netip.Addr
+	for _, call := range d.calls {
+		locals = append(locals, call.local)
+	}
+	if diff := cmp.Diff([]netip.Addr{dsl, lte}, locals, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("initial subflow sources (-want +got):\n%s", diff)
+	}
+	if !c.policy.Up(testMCP) {
+		t.Error("the MCP was marked down although the leg came up")
 	}
 }

@@ -7,23 +7,30 @@ import (
 	"sync"
 
 	"github.com/mcpagent/mcpagent/mptcppm"
+	"github.com/mcpagent/mcpagent/policy"
 	"github.com/mcpagent/mcpagent/route"
 )
 
-// endpointSync keeps one MPTCP "subflow" endpoint per uplink address, so
-// the kernel's path manager opens a subflow over every uplink of each leg,
-// and follows the uplinks as their addresses come and go. It removes only
-// the endpoints it added, and restores the limits it raised.
+// endpointSync keeps one MPTCP "subflow" endpoint per address of each
+// uplink that the uplink plan uses, flagged backup for a backup use, so the
+// kernel's path manager opens a subflow over every such uplink of each leg.
+// Removing an endpoint closes its subflows on every leg, and the peer
+// learns it with REMOVE_ADDR over a subflow that still works, so data in
+// flight on it is sent again on the others at once. It removes only the
+// endpoints it added, and restores the limits it set.
 type endpointSync struct {
 	log *slog.Logger
 
 	mu        sync.Mutex
 	pm        *mptcppm.Client
-	ours      map[netip.Addr]uint8 // address → endpoint ID
+	ours      map[netip.Addr]mptcppm.Endpoint
 	oldLimits mptcppm.Limits
 }
 
-func newEndpointSync(uplinks int, log *slog.Logger) (*endpointSync, error) {
+// newEndpointSync sets the path manager's limits for legs of at most
+// maxSubflows subflows, the initial one included: as many additional
+// subflows, and as many addresses accepted from the MCP's ADD_ADDR.
+func newEndpointSync(maxSubflows int, log *slog.Logger) (*endpointSync, error) {
 	pm, err := mptcppm.Dial()
 	if err != nil {
 		return nil, fmt.Errorf("open MPTCP path manager: %w", err)
@@ -33,59 +40,57 @@ func newEndpointSync(uplinks int, log *slog.Logger) (*endpointSync, error) {
 		pm.Close()
 		return nil, fmt.Errorf("read MPTCP limits: %w", err)
 	}
-	// One subflow per extra uplink at least; never lower what the system
-	// already allows.
-	want := old
-	if n := uint32(uplinks); want.Subflows < n {
-		want.Subflows = n
-	}
+	want := mptcppm.Limits{Subflows: uint32(maxSubflows - 1), AddAddrAccepted: uint32(maxSubflows - 1)}
 	if want != old {
 		if err := pm.SetLimits(want); err != nil {
 			pm.Close()
 			return nil, fmt.Errorf("set MPTCP limits to %+v: %w", want, err)
 		}
 	}
-	return &endpointSync{log: log, pm: pm, ours: map[netip.Addr]uint8{}, oldLimits: old}, nil
+	return &endpointSync{log: log, pm: pm, ours: map[netip.Addr]mptcppm.Endpoint{}, oldLimits: old}, nil
 }
 
-// refresh applies the state get returns, read under the lock so that a
-// concurrent apply of a newer state cannot be overwritten by an older one.
-func (e *endpointSync) refresh(get func() []route.UplinkState) {
+// apply makes the endpoints match the uplinks' addresses in states, each
+// uplink used as use says (same order).
+func (e *endpointSync) apply(states []route.UplinkState, use []policy.Use) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.applyLocked(get())
-}
-
-// apply makes the endpoints match the uplinks' addresses in states. It is
-// route.Config.OnChange.
-func (e *endpointSync) apply(states []route.UplinkState) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.applyLocked(states)
-}
-
-func (e *endpointSync) applyLocked(states []route.UplinkState) {
-	want := map[netip.Addr]int{} // address → ifindex
-	for _, s := range states {
-		if !s.Up {
+	want := map[netip.Addr]mptcppm.Endpoint{}
+	for i, s := range states {
+		if !s.Up || use[i] == policy.UseNone {
 			continue
+		}
+		flags := mptcppm.FlagSubflow
+		if use[i] == policy.UseBackup {
+			flags |= mptcppm.FlagBackup
 		}
 		for _, p := range s.Addrs {
 			if a := p.Addr(); a.IsGlobalUnicast() {
-				want[a] = s.Index
+				want[a] = mptcppm.Endpoint{Addr: a, IfIndex: s.Index, Flags: flags}
 			}
 		}
 	}
 	if e.pm == nil {
 		return
 	}
-	for a, id := range e.ours {
-		if _, ok := want[a]; !ok {
-			if err := e.pm.DeleteEndpoint(id); err != nil {
-				e.log.Warn("delete MPTCP endpoint", "addr", a, "id", id, "err", err)
+	for a, ep := range e.ours {
+		w, ok := want[a]
+		switch {
+		case !ok || w.IfIndex != ep.IfIndex:
+			if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
+				e.log.Warn("delete MPTCP endpoint", "addr", a, "id", ep.ID, "err", err)
 			}
 			delete(e.ours, a)
 			e.log.Info("MPTCP endpoint removed", "addr", a)
+		case w.Flags != ep.Flags:
+			// The kernel sends MP_PRIO on the subflows of the address.
+			if err := e.pm.SetFlags(ep.ID, w.Flags&mptcppm.FlagBackup); err != nil {
+				e.log.Warn("set MPTCP endpoint flags", "addr", a, "flags", w.Flags, "err", err)
+				continue
+			}
+			ep.Flags = w.Flags
+			e.ours[a] = ep
+			e.log.Info("MPTCP endpoint flags changed", "addr", a, "flags", w.Flags)
 		}
 	}
 	if len(want) == len(e.ours) {
@@ -98,23 +103,23 @@ func (e *endpointSync) applyLocked(states []route.UplinkState) {
 	}
 	for _, ep := range existing {
 		// A leftover of a run that was killed: replace it with ours.
-		if _, ok := want[ep.Addr]; ok && e.ours[ep.Addr] == 0 {
+		if _, ok := want[ep.Addr]; ok && e.ours[ep.Addr].ID == 0 {
 			if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
 				e.log.Warn("delete stale MPTCP endpoint", "addr", ep.Addr, "err", err)
 			}
 		}
 	}
-	for a, ifindex := range want {
+	for a, w := range want {
 		if _, ok := e.ours[a]; ok {
 			continue
 		}
-		ep, err := e.pm.AddEndpoint(mptcppm.Endpoint{Addr: a, IfIndex: ifindex, Flags: mptcppm.FlagSubflow})
+		ep, err := e.pm.AddEndpoint(w)
 		if err != nil {
 			e.log.Warn("add MPTCP endpoint", "addr", a, "err", err)
 			continue
 		}
-		e.ours[a] = ep.ID
-		e.log.Info("MPTCP endpoint added", "addr", a, "id", ep.ID, "ifindex", ifindex)
+		e.ours[a] = ep
+		e.log.Info("MPTCP endpoint added", "addr", a, "id", ep.ID, "ifindex", ep.IfIndex, "flags", ep.Flags)
 	}
 }
 
@@ -125,9 +130,9 @@ func (e *endpointSync) close() {
 	if e.pm == nil {
 		return
 	}
-	for a, id := range e.ours {
-		if err := e.pm.DeleteEndpoint(id); err != nil {
-			e.log.Warn("delete MPTCP endpoint", "addr", a, "id", id, "err", err)
+	for a, ep := range e.ours {
+		if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
+			e.log.Warn("delete MPTCP endpoint", "addr", a, "id", ep.ID, "err", err)
 		}
 	}
 	if err := e.pm.SetLimits(e.oldLimits); err != nil {

@@ -26,6 +26,11 @@ func preflight(cfg *config.Config) error {
 	if v, err := readSysctl("net/ipv4/tcp_fastopen"); err == nil && v&1 == 0 {
 		return fmt.Errorf("TCP Fast Open is disabled for clients: net.ipv4.tcp_fastopen is %#x, it needs bit 0x1", v)
 	}
+	if cc := cfg.CongestionControl; cc != "" {
+		if err := checkCongestionControl(cc); err != nil {
+			return err
+		}
+	}
 	for _, name := range cfg.LANInterfaces {
 		if _, err := net.InterfaceByName(name); err != nil {
 			return fmt.Errorf("lan interface %q: %w", name, err)
@@ -35,6 +40,22 @@ func preflight(cfg *config.Config) error {
 		if _, err := net.InterfaceByName(u.Interface); err != nil {
 			return fmt.Errorf("uplink %s: interface %q: %w", u.Name, u.Interface, err)
 		}
+	}
+	return nil
+}
+
+// checkCongestionControl reports whether sockets can use the congestion
+// control cc: setting it on a scratch socket loads its module if needed.
+func checkCongestionControl(cc string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, cc); err != nil {
+		avail, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
+		return fmt.Errorf("congestion control %q is not available (net.ipv4.tcp_available_congestion_control: %s): %w",
+			cc, strings.TrimSpace(string(avail)), err)
 	}
 	return nil
 }

@@ -37,6 +37,15 @@ func TestIntegrationPreflight(t *testing.T) {
 	if err := preflight(parse("lan9", "wan0")); err == nil || !strings.Contains(err.Error(), `lan interface "lan9"`) {
 		t.Errorf("missing LAN interface: %v", err)
 	}
+	cc := parse("lan0", "wan0")
+	cc.CongestionControl = "cubic"
+	if err := preflight(cc); err != nil {
+		t.Errorf("congestion control cubic: %v", err)
+	}
+	cc.CongestionControl = "nosuchcc"
+	if err := preflight(cc); err == nil || !strings.Contains(err.Error(), `congestion control "nosuchcc" is not available`) {
+		t.Errorf("unknown congestion control: %v", err)
+	}
 	if err := os.WriteFile("/proc/sys/net/mptcp/enabled", []byte("0"), 0o644); err != nil {
 		t.Fatal(err)
 	}

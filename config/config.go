@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/mcpagent/mcpagent/dhcpopt"
+	"github.com/mcpagent/mcpagent/policy"
 )
 
 // Fallback says what happens to a LAN connection that cannot be converted
@@ -65,6 +66,11 @@ const (
 	DefaultDHCPV6Option = dhcpopt.DefaultV6Code
 	// DefaultInformInterval is how often DHCPSourceInform asks again.
 	DefaultInformInterval = 10 * time.Minute
+	// DefaultProbeInterval, DefaultProbeTimeout and DefaultProbeFailures
+	// configure the uplinks' health probes.
+	DefaultProbeInterval = 5 * time.Second
+	DefaultProbeTimeout  = time.Second
+	DefaultProbeFailures = policy.DefaultProbeFailures
 )
 
 // DHCPSource says where the agent learns the MCP list when mcp.servers is
@@ -108,12 +114,45 @@ type Config struct {
 	// ControlSocket is the path of the agent's unix socket for local
 	// clients (mcpagent dhcp-event).
 	ControlSocket string `yaml:"control_socket"`
+	// MaxSubflows bounds the subflows of one leg, the initial one
+	// included (RFC 8041 section 3.4); zero means one per uplink.
+	MaxSubflows int `yaml:"max_subflows"`
+	// CongestionControl is the congestion control of every leg's subflows
+	// (TCP_CONGESTION), e.g. "cubic" or "bbr"; empty keeps the system's.
+	CongestionControl string `yaml:"congestion_control"`
+	// Probe configures the uplinks' health probes toward the MCP.
+	Probe Probe `yaml:"probe"`
+}
+
+// Probe configures the health probe of each uplink: a TCP handshake from
+// the uplink's address to the first MCP in use, every Interval, which must
+// complete within Timeout. Failures probes in a row that fail make the
+// uplink unhealthy: it carries no subflow until a probe succeeds again.
+type Probe struct {
+	Interval Duration `yaml:"interval"`
+	Timeout  Duration `yaml:"timeout"`
+	Failures int      `yaml:"failures"`
 }
 
 // Uplink is one WAN interface the agent may open subflows over.
 type Uplink struct {
 	Name      string `yaml:"name"`
 	Interface string `yaml:"interface"`
+	// Role is active (the default), backup or on-demand (policy.Role).
+	Role string `yaml:"role"`
+	// Priority orders the uplinks, higher first, for the initial subflow
+	// and for failover; ties keep file order.
+	Priority int `yaml:"priority"`
+	// Community names a physical path shared with other uplinks: of those,
+	// at most one carries subflows. Empty: none.
+	Community string `yaml:"community"`
+}
+
+// PolicyRole returns Role as the policy package spells it; Parse accepts
+// only valid roles.
+func (u Uplink) PolicyRole() policy.Role {
+	r, _ := policy.ParseRole(u.Role)
+	return r
 }
 
 // MCPMode says where the downstream MCP sits.
@@ -330,11 +369,35 @@ func (c *Config) fillDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	for i := range c.Uplinks {
+		if c.Uplinks[i].Role == "" {
+			c.Uplinks[i].Role = policy.RoleActive.String()
+		}
+	}
+	if c.MaxSubflows == 0 {
+		c.MaxSubflows = len(c.Uplinks)
+	}
+	if c.Probe.Interval == 0 {
+		c.Probe.Interval = Duration(DefaultProbeInterval)
+	}
+	if c.Probe.Timeout == 0 {
+		c.Probe.Timeout = Duration(DefaultProbeTimeout)
+	}
+	if c.Probe.Failures == 0 {
+		c.Probe.Failures = DefaultProbeFailures
+	}
 }
 
 // ifNameRE matches a Linux interface name (IFNAMSIZ-1 characters, no '/',
 // whitespace or ':').
 var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,15}$`)
+
+// communityRE matches a community name; congestionRE a congestion control
+// algorithm's name (TCP_CA_NAME_MAX is 16 with the NUL).
+var (
+	communityRE  = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
+	congestionRE = regexp.MustCompile(`^[a-z0-9_]{1,15}$`)
+)
 
 func (c *Config) check(key keyNamer) error {
 	if len(c.LANInterfaces) == 0 {
@@ -370,6 +433,27 @@ func (c *Config) check(key keyNamer) error {
 			return fmt.Errorf("%s: %q is already in %s", key(path+".interface"), u.Interface, prev)
 		}
 		seenIf[u.Interface] = key(path)
+		if _, err := policy.ParseRole(u.Role); err != nil {
+			return fmt.Errorf("%s: %w", key(path+".role"), err)
+		}
+		if u.Community != "" && !communityRE.MatchString(u.Community) {
+			return fmt.Errorf("%s: %q is not a name of letters, digits, '_' and '-'", key(path+".community"), u.Community)
+		}
+	}
+	if c.MaxSubflows < 1 || c.MaxSubflows > MaxUplinks {
+		return fmt.Errorf("%s: %d is outside 1..%d", key("max_subflows"), c.MaxSubflows, MaxUplinks)
+	}
+	if cc := c.CongestionControl; cc != "" && !congestionRE.MatchString(cc) {
+		return fmt.Errorf("%s: %q is not a congestion control name", key("congestion_control"), cc)
+	}
+	if d := time.Duration(c.Probe.Interval); d < 100*time.Millisecond || d > time.Hour {
+		return fmt.Errorf("%s: %v is outside [100ms, 1h]", key("probe.interval"), d)
+	}
+	if d := time.Duration(c.Probe.Timeout); d < 10*time.Millisecond || d > time.Duration(c.Probe.Interval) {
+		return fmt.Errorf("%s: %v is outside [10ms, %s]", key("probe.timeout"), d, key("probe.interval"))
+	}
+	if n := c.Probe.Failures; n < 1 || n > 100 {
+		return fmt.Errorf("%s: %d is outside 1..100", key("probe.failures"), n)
 	}
 	switch c.MCP.DHCP.Source {
 	case DHCPSourceNetifd, DHCPSourceInform, DHCPSourceOff:

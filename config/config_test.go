@@ -16,7 +16,7 @@ func TestParseExampleFillsDefaults(t *testing.T) {
 	}
 	want := &Config{
 		LANInterfaces: []string{"lan0"},
-		Uplinks:       []Uplink{{Name: "dsl", Interface: "wan0"}, {Name: "lte", Interface: "wan1"}},
+		Uplinks:       []Uplink{{Name: "dsl", Interface: "wan0", Role: "active"}, {Name: "lte", Interface: "wan1", Role: "active"}},
 		MCP: MCP{
 			Mode:    MCPModeOffPath,
 			Servers: []string{"198.51.100.1:5124"},
@@ -32,6 +32,8 @@ func TestParseExampleFillsDefaults(t *testing.T) {
 		Routing:       Routing{TableBase: DefaultTableBase, RulePref: DefaultRulePref},
 		LogLevel:      "info",
 		ControlSocket: DefaultControlSocket,
+		MaxSubflows:   2,
+		Probe:         Probe{Interval: Duration(DefaultProbeInterval), Timeout: Duration(DefaultProbeTimeout), Failures: DefaultProbeFailures},
 	}
 	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Errorf("Parse (-want +got):\n%s", diff)

@@ -156,6 +156,14 @@ var mainOptions = map[string]uciOption[Config]{
 	}},
 	"routing_table_base": {yaml: "routing.table_base", set: func(c *Config, v string) error { return setInt(&c.Routing.TableBase, v) }},
 	"routing_rule_pref":  {yaml: "routing.rule_pref", set: func(c *Config, v string) error { return setInt(&c.Routing.RulePref, v) }},
+	"max_subflows":       {yaml: "max_subflows", set: func(c *Config, v string) error { return setInt(&c.MaxSubflows, v) }},
+	"congestion_control": {yaml: "congestion_control", set: func(c *Config, v string) error {
+		c.CongestionControl = v
+		return nil
+	}},
+	"probe_interval": {yaml: "probe.interval", set: func(c *Config, v string) error { return setDuration(&c.Probe.Interval, v) }},
+	"probe_timeout":  {yaml: "probe.timeout", set: func(c *Config, v string) error { return setDuration(&c.Probe.Timeout, v) }},
+	"probe_failures": {yaml: "probe.failures", set: func(c *Config, v string) error { return setInt(&c.Probe.Failures, v) }},
 }
 
 // uplinkOptions are the options of a config uplink section.
@@ -166,6 +174,15 @@ var uplinkOptions = map[string]uciOption[Uplink]{
 	}},
 	"interface": {yaml: "interface", set: func(u *Uplink, v string) error {
 		u.Interface = v
+		return nil
+	}},
+	"role": {yaml: "role", set: func(u *Uplink, v string) error {
+		u.Role = v
+		return nil
+	}},
+	"priority": {yaml: "priority", set: func(u *Uplink, v string) error { return setInt(&u.Priority, v) }},
+	"community": {yaml: "community", set: func(u *Uplink, v string) error {
+		u.Community = v
 		return nil
 	}},
 	"network": {set: func(_ *Uplink, v string) error {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/mcpagent/mcpagent/policy"
 )
 
 var addrPortEqual = cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
@@ -41,7 +43,9 @@ func TestParseUCIMatchesYAML(t *testing.T) {
 		fromUCI.Routing.TableBase == defaults.Routing.TableBase || fromUCI.Routing.RulePref == defaults.Routing.RulePref ||
 		fromUCI.ControlSocket == defaults.ControlSocket || fromUCI.MCP.DHCP.Source == defaults.MCP.DHCP.Source ||
 		fromUCI.MCP.DHCP.V4Option == defaults.MCP.DHCP.V4Option || fromUCI.MCP.DHCP.V6Option == defaults.MCP.DHCP.V6Option ||
-		fromUCI.MCP.DHCP.InformInterval == defaults.MCP.DHCP.InformInterval {
+		fromUCI.MCP.DHCP.InformInterval == defaults.MCP.DHCP.InformInterval ||
+		fromUCI.MaxSubflows == len(fromUCI.Uplinks) || fromUCI.CongestionControl == defaults.CongestionControl ||
+		fromUCI.Probe == defaults.Probe || fromUCI.Uplinks[1].Role == policy.RoleActive.String() {
 		t.Errorf("testdata/uci-full leaves a setting at its default: %+v", fromUCI)
 	}
 }
@@ -141,7 +145,7 @@ func TestParseUCI(t *testing.T) {
 			check: func(t *testing.T, c *Config) {
 				want := &Config{
 					LANInterfaces: []string{"br-lan"},
-					Uplinks:       []Uplink{{Name: "dsl", Interface: "wan"}},
+					Uplinks:       []Uplink{{Name: "dsl", Interface: "wan", Role: "active"}},
 					MCP: MCP{Mode: MCPModeOffPath, Servers: []string{"198.51.100.1"}, Port: DefaultMCPPort,
 						DHCP:  DHCP{Source: DHCPSourceNetifd, V4Option: DefaultDHCPV4Option, V6Option: DefaultDHCPV6Option, InformInterval: Duration(DefaultInformInterval)},
 						Addrs: []netip.AddrPort{netip.MustParseAddrPort("198.51.100.1:5124")}},
@@ -153,6 +157,8 @@ func TestParseUCI(t *testing.T) {
 					Routing:       Routing{TableBase: DefaultTableBase, RulePref: DefaultRulePref},
 					LogLevel:      "info",
 					ControlSocket: DefaultControlSocket,
+					MaxSubflows:   1,
+					Probe:         Probe{Interval: Duration(DefaultProbeInterval), Timeout: Duration(DefaultProbeTimeout), Failures: DefaultProbeFailures},
 				}
 				if diff := cmp.Diff(want, c, addrPortEqual); diff != "" {
 					t.Errorf("(-want +got):\n%s", diff)
@@ -234,6 +240,13 @@ func TestParseUCI(t *testing.T) {
 		{name: "leg timeout too long", in: head + "\toption leg_timeout '2m'\n" + uplink, wantErr: "option leg_timeout: 2m0s is outside"},
 		{name: "bad fallback", in: head + "\toption fallback 'maybe'\n" + uplink, wantErr: `option fallback: "maybe" is neither`},
 		{name: "bad log level", in: head + "\toption log_level 'loud'\n" + uplink, wantErr: `option log_level: "loud" is not debug`},
+		{name: "bad role", in: head + uplink + "\toption role 'primary'\n",
+			wantErr: `config uplink 'dsl' (line 4) option role: "primary" is not active, backup or on-demand`},
+		{name: "bad community", in: head + uplink + "\toption community 'a b'\n", wantErr: `option community: "a b" is not a name`},
+		{name: "too many subflows", in: head + "\toption max_subflows '9'\n" + uplink, wantErr: "option max_subflows: 9 is outside 1..8"},
+		{name: "probe timeout past the interval", in: head + "\toption probe_interval '1s'\n\toption probe_timeout '2s'\n" + uplink,
+			wantErr: "option probe_timeout: 2s is outside [10ms, option probe_interval]"},
+		{name: "bad congestion control", in: head + "\toption congestion_control 'BBR!'\n" + uplink, wantErr: `option congestion_control: "BBR!" is not`},
 		{name: "bad interface name", in: head + "config uplink 'dsl'\n\toption interface 'a-very-long-interface'\n",
 			wantErr: `config uplink 'dsl' (line 4) option interface: "a-very-long-interface" is not an interface name`},
 	}
@@ -255,6 +268,11 @@ func TestParseUCI(t *testing.T) {
 }
 
 func wantUplinks(want ...Uplink) func(t *testing.T, c *Config) {
+	for i := range want {
+		if want[i].Role == "" {
+			want[i].Role = "active"
+		}
+	}
 	return func(t *testing.T, c *Config) {
 		t.Helper()
 		if diff := cmp.Diff(want, c.Uplinks); diff != "" {

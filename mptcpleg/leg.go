@@ -23,6 +23,13 @@ type DialConfig struct {
 	// joins: transfers stall for seconds at a time. The zero value follows
 	// the plain-mode draft: Header travels in the SYN.
 	HeaderAfterHandshake bool
+	// Local, if valid, is the source address of the initial subflow: the
+	// address of the uplink it is to leave by (the agent's source rules
+	// route it there). Invalid lets routing choose.
+	Local netip.Addr
+	// CongestionControl, if not empty, is the congestion control of the
+	// leg's subflows (TCP_CONGESTION), e.g. "cubic".
+	CongestionControl string
 }
 
 // Leg is an established leg.

@@ -69,6 +69,19 @@ func dial(ctx context.Context, cfg DialConfig) (*Leg, error) {
 			return nil, os.NewSyscallError("setsockopt SO_MARK", err)
 		}
 	}
+	if cc := cfg.CongestionControl; cc != "" {
+		if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, cc); err != nil {
+			return nil, fmt.Errorf("congestion control %q: %w", cc, os.NewSyscallError("setsockopt TCP_CONGESTION", err))
+		}
+	}
+	if cfg.Local.IsValid() {
+		if cfg.Local.Is4() != cfg.Remote.Addr().Is4() {
+			return nil, fmt.Errorf("local address %s is not of the family of %s", cfg.Local, cfg.Remote)
+		}
+		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(cfg.Local, 0))); err != nil {
+			return nil, fmt.Errorf("bind to %s: %w", cfg.Local, os.NewSyscallError("bind", err))
+		}
+	}
 	var sent int
 	if cfg.HeaderAfterHandshake {
 		err = unix.Connect(fd, sockaddr(cfg.Remote))

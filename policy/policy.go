@@ -101,15 +101,30 @@ func (p *Policy) Decide(f Flow) Decision {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, m := range p.mcps {
-		if _, down := p.downAt[m]; !down {
-			return Decision{Action: Convert, MCP: m, Reason: ReasonConvert}
-		}
+	if m, ok := p.preferredLocked(); ok {
+		return Decision{Action: Convert, MCP: m, Reason: ReasonConvert}
 	}
 	if len(p.mcps) == 0 {
 		return Decision{Action: p.fallback, Reason: ReasonNoMCP}
 	}
 	return Decision{Action: p.fallback, Reason: ReasonMCPDown}
+}
+
+// Preferred returns the MCP that new flows are converted toward: the first
+// of the list that is presumed up. It reports false if there is none.
+func (p *Policy) Preferred() (netip.AddrPort, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.preferredLocked()
+}
+
+func (p *Policy) preferredLocked() (netip.AddrPort, bool) {
+	for _, m := range p.mcps {
+		if _, down := p.downAt[m]; !down {
+			return m, true
+		}
+	}
+	return netip.AddrPort{}, false
 }
 
 // SetMCPs replaces the MCP list, in order of preference, for the flows

@@ -1,0 +1,183 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/mcpagent/mcpagent/config"
+	"github.com/mcpagent/mcpagent/policy"
+	"github.com/mcpagent/mcpagent/route"
+)
+
+// uplinkManager turns the uplinks' states (from package route) and health
+// (from the probes) into a policy.UplinkPlan, applies it to the path
+// manager's endpoints, and tells each new leg which addresses to try for its
+// initial subflow. It is safe for concurrent use.
+type uplinkManager struct {
+	cfg []config.Uplink
+	eps *endpointSync
+	log *slog.Logger
+
+	mu     sync.Mutex
+	states []route.UplinkState // in config order; nil before the first
+	health []policy.UplinkHealth
+	plan   policy.UplinkPlan
+}
+
+func newUplinkManager(cfg *config.Config, eps *endpointSync, log *slog.Logger) *uplinkManager {
+	m := &uplinkManager{cfg: cfg.Uplinks, eps: eps, log: log, health: make([]policy.UplinkHealth, len(cfg.Uplinks))}
+	for i := range m.health {
+		m.health[i].Failures = cfg.Probe.Failures
+	}
+	return m
+}
+
+// refresh applies the state get returns, read under the lock so that a
+// concurrent update with a newer state cannot be overwritten by an older one.
+func (m *uplinkManager) refresh(get func() []route.UplinkState) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.states = get()
+	m.replanLocked()
+}
+
+// update takes new uplink states; it is route.Config.OnChange's.
+func (m *uplinkManager) update(states []route.UplinkState) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.states = states
+	m.replanLocked()
+}
+
+// probed records the outcome of one probe of uplink i.
+func (m *uplinkManager) probed(i int, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.health[i].Record(err == nil) {
+		return
+	}
+	if err != nil {
+		m.log.Warn("uplink unhealthy: its probes toward the MCP fail", "uplink", m.cfg[i].Name, "err", err)
+	} else {
+		m.log.Info("uplink healthy again", "uplink", m.cfg[i].Name)
+	}
+	m.replanLocked()
+}
+
+func (m *uplinkManager) replanLocked() {
+	if len(m.states) != len(m.cfg) {
+		return
+	}
+	ups := make([]policy.Uplink, len(m.cfg))
+	for i, u := range m.cfg {
+		ups[i] = policy.Uplink{
+			Role:      u.PolicyRole(),
+			Priority:  u.Priority,
+			Community: u.Community,
+			Up:        m.states[i].Up && len(m.states[i].Addrs) > 0,
+			Healthy:   m.health[i].Healthy(),
+		}
+	}
+	plan := policy.PlanUplinks(ups)
+	for i, use := range plan.Use {
+		if len(m.plan.Use) != len(plan.Use) || m.plan.Use[i] != use {
+			m.log.Info("uplink use", "uplink", m.cfg[i].Name, "role", m.cfg[i].Role, "use", use.String())
+		}
+	}
+	m.plan = plan
+	m.eps.apply(m.states, plan.Use)
+}
+
+// initialSources returns the addresses, of remote's family, to try in turn
+// as the source of a new leg's initial subflow: one per uplink of the plan's
+// Initial order. Empty means none is known: routing chooses.
+func (m *uplinkManager) initialSources(remote netip.Addr) []netip.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []netip.Addr
+	for _, i := range m.plan.Initial {
+		if a, ok := sourceAddr(m.states[i], remote.Is4()); ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// sourceAddr returns the uplink's first global address of the family.
+func sourceAddr(s route.UplinkState, v4 bool) (netip.Addr, bool) {
+	for _, p := range s.Addrs {
+		if a := p.Addr(); a.Is4() == v4 && a.IsGlobalUnicast() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// probeTargets returns, for each uplink that is up, the address to probe
+// target from (invalid for the others). An on-demand uplink is not probed
+// while it is unused: it must send nothing then, and it is presumed
+// healthy when it is needed.
+func (m *uplinkManager) probeTargets(target netip.Addr) []netip.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]netip.Addr, len(m.cfg))
+	for i, s := range m.states {
+		idle := m.cfg[i].PolicyRole() == policy.RoleOnDemand && (len(m.plan.Use) <= i || m.plan.Use[i] == policy.UseNone)
+		if s.Up && !idle {
+			out[i], _ = sourceAddr(s, target.Is4())
+		}
+	}
+	return out
+}
+
+// probeUplinks probes, every interval until ctx ends, each uplink's path to
+// the MCP that target returns (none: no probe this round): a TCP handshake
+// from the uplink's address, which its source rule routes out of that
+// uplink. A handshake says more than ICMP would: a captive portal or a
+// filter on the way answers pings too (RFC 8041 section 3.10).
+func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.AddrPort, bool), interval, timeout time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		if mcp, ok := target(); ok {
+			for i, src := range m.probeTargets(mcp.Addr()) {
+				if !src.IsValid() {
+					continue
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					err := probeHandshake(ctx, src, mcp, timeout)
+					if ctx.Err() == nil {
+						m.probed(i, err)
+					}
+				}()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// probeHandshake completes a plain TCP handshake from src to dst within
+// timeout and resets the connection: the MCP reads no header from it and
+// drops it, and no TIME_WAIT is left on either side.
+func probeHandshake(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) error {
+	d := net.Dialer{Timeout: timeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+	d.SetMultipathTCP(false)
+	c, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return err
+	}
+	abort(c.(*net.TCPConn))
+	return nil
+}
