@@ -28,8 +28,12 @@ type endpointSync struct {
 }
 
 // newEndpointSync sets the path manager's limits for legs of at most
-// maxSubflows subflows, the initial one included: as many additional
-// subflows, and as many addresses accepted from the MCP's ADD_ADDR.
+// maxSubflows subflows, the initial one included. The kernel counts the
+// additional subflows it opened, less those it removed, but a dead initial
+// subflow frees no place: the limit is one higher than the plan needs, so
+// that a leg that lost its initial subflow gets one back on every uplink in
+// use (the plan uses at most maxSubflows uplinks, one endpoint each per
+// family). A leg accepts maxSubflows-1 addresses the MCP announces.
 func newEndpointSync(maxSubflows int, log *slog.Logger) (*endpointSync, error) {
 	pm, err := mptcppm.Dial()
 	if err != nil {
@@ -40,7 +44,7 @@ func newEndpointSync(maxSubflows int, log *slog.Logger) (*endpointSync, error) {
 		pm.Close()
 		return nil, fmt.Errorf("read MPTCP limits: %w", err)
 	}
-	want := mptcppm.Limits{Subflows: uint32(maxSubflows - 1), AddAddrAccepted: uint32(maxSubflows - 1)}
+	want := mptcppm.Limits{Subflows: uint32(maxSubflows), AddAddrAccepted: uint32(maxSubflows - 1)}
 	if want != old {
 		if err := pm.SetLimits(want); err != nil {
 			pm.Close()

@@ -18,9 +18,10 @@ import (
 // manager's endpoints, and tells each new leg which addresses to try for its
 // initial subflow. It is safe for concurrent use.
 type uplinkManager struct {
-	cfg []config.Uplink
-	eps *endpointSync
-	log *slog.Logger
+	cfg         []config.Uplink
+	maxSubflows int
+	eps         *endpointSync
+	log         *slog.Logger
 
 	mu     sync.Mutex
 	states []route.UplinkState // in config order; nil before the first
@@ -29,7 +30,7 @@ type uplinkManager struct {
 }
 
 func newUplinkManager(cfg *config.Config, eps *endpointSync, log *slog.Logger) *uplinkManager {
-	m := &uplinkManager{cfg: cfg.Uplinks, eps: eps, log: log, health: make([]policy.UplinkHealth, len(cfg.Uplinks))}
+	m := &uplinkManager{cfg: cfg.Uplinks, maxSubflows: cfg.MaxSubflows, eps: eps, log: log, health: make([]policy.UplinkHealth, len(cfg.Uplinks))}
 	for i := range m.health {
 		m.health[i].Failures = cfg.Probe.Failures
 	}
@@ -82,7 +83,7 @@ func (m *uplinkManager) replanLocked() {
 			Healthy:   m.health[i].Healthy(),
 		}
 	}
-	plan := policy.PlanUplinks(ups)
+	plan := policy.PlanUplinks(ups, m.maxSubflows)
 	for i, use := range plan.Use {
 		if len(m.plan.Use) != len(plan.Use) || m.plan.Use[i] != use {
 			m.log.Info("uplink use", "uplink", m.cfg[i].Name, "role", m.cfg[i].Role, "use", use.String())

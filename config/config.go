@@ -68,7 +68,7 @@ const (
 	DefaultInformInterval = 10 * time.Minute
 	// DefaultProbeInterval, DefaultProbeTimeout and DefaultProbeFailures
 	// configure the uplinks' health probes.
-	DefaultProbeInterval = 5 * time.Second
+	DefaultProbeInterval = 2 * time.Second
 	DefaultProbeTimeout  = time.Second
 	DefaultProbeFailures = policy.DefaultProbeFailures
 )

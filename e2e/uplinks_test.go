@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +105,142 @@ func TestIntegrationUplinks(t *testing.T) {
 	})
 }
 
+// maxStall is the longest time a download may go without a byte while the
+// primary uplink fails under it.
+const maxStall = 1500 * time.Millisecond
+
+// TestIntegrationFailover fails the primary uplink under a running
+// download, brings it back, and renumbers it, on a testbed with two equal
+// links (20 Mbit/s each).
+func TestIntegrationFailover(t *testing.T) {
+	b := newBedWith(t, testbed.Options{Emulate: true, DSLRate: "20mbit", LTERate: "20mbit"}, 50, 20)
+	b.startGW()
+	b.startAgentYAML(uplinkConfig("priority: 100", "priority: 50"))
+	big, mid := b.fileOfSize(50), b.fileOfSize(20)
+
+	t.Run("primary link set down mid-transfer", func(t *testing.T) {
+		b.stallDuring(t, mid, maxStall, func() { b.Run(t, "cpe", "ip", "link", "set", "wan0", "down") })
+		b.restoreDSL(t)
+	})
+
+	t.Run("primary silently drops everything mid-transfer", func(t *testing.T) {
+		b.stallDuring(t, mid, maxStall, func() { b.SetLink(t, "dsl", "down") })
+		b.SetLink(t, "dsl", "up")
+		b.waitLog(t, "uplink healthy again", "uplink=dsl")
+	})
+
+	t.Run("primary back: its subflow returns on the running connection", func(t *testing.T) {
+		wan0 := b.legCapture(t, "wan0")
+		var restored time.Time
+		var dslAfter uint64
+		b.stallDuring(t, big, maxStall, func() {
+			b.SetLink(t, "dsl", "down")
+			b.waitLog(t, "uplink unhealthy", "uplink=dsl")
+			time.Sleep(time.Second)
+			dslAfter, _ = b.Counters(t, "cpe", "wan0")
+			restored = time.Now()
+			b.SetLink(t, "dsl", "up")
+		})
+		dslEnd, _ := b.Counters(t, "cpe", "wan0")
+		joins := tsharkFields(t, wan0.Stop(), "tcp.flags.syn == 1 && tcp.flags.ack == 1 && tcp.options.mptcp.subtype == 1", "frame.time_epoch")
+		var back time.Duration = -1
+		for _, r := range joins {
+			sec, err := strconv.ParseFloat(r[0], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if at := time.Unix(0, int64(sec*1e9)); at.After(restored) {
+				back = at.Sub(restored)
+				break
+			}
+		}
+		t.Logf("dsl subflow back %v after the link was; dsl then carried %d bytes", back, dslEnd-dslAfter)
+		if back < 0 || back > 2*time.Second {
+			t.Errorf("no MP_JOIN SYN-ACK on dsl within 2 s of its return (%d in the capture)", len(joins))
+		}
+		if dslEnd-dslAfter < 1<<20 {
+			t.Errorf("dsl carried %d bytes after its return, want it to carry data again", dslEnd-dslAfter)
+		}
+	})
+
+	t.Run("address change: the running connection continues, new subflows use the new address", func(t *testing.T) {
+		const oldAddr, newAddr = "10.0.1.2", "10.0.1.3"
+		renumber := func(from, to string) {
+			// What a PPPoE reconnect or a new DHCP lease does.
+			b.Run(t, "cpe", "ip", "addr", "del", from+"/24", "dev", "wan0")
+			b.Run(t, "cpe", "ip", "addr", "add", to+"/24", "dev", "wan0")
+			b.Run(t, "cpe", "ip", "route", "replace", "default", "via", "10.0.1.1", "dev", "wan0", "metric", "10")
+		}
+		running := b.legCapture(t, "wan0")
+		b.stallDuring(t, mid, 0, func() { renumber(oldAddr, newAddr) })
+		defer renumber(newAddr, oldAddr)
+		if joins := tsharkFields(t, running.Stop(), "tcp.flags.syn == 1 && tcp.flags.ack == 1 && tcp.options.mptcp.subtype == 1 && ip.dst == "+newAddr, "frame.number"); len(joins) == 0 {
+			t.Error("the running connection got no subflow from the new address (no MP_JOIN SYN-ACK to it)")
+		}
+		next := b.legCapture(t, "wan0")
+		b.mustFetch(t, mid)
+		pcap := next.Stop()
+		fromNew := mptcpSYNs(t, pcap, "ip.src == "+newAddr)
+		fromOld := mptcpSYNs(t, pcap, "ip.src == "+oldAddr)
+		if fromNew.capable == 0 || fromOld.capable+fromOld.join != 0 {
+			t.Errorf("the next connection's MPTCP SYNs: from the new address %+v, from the old one %+v; want MP_CAPABLE from the new one only", fromNew, fromOld)
+		}
+	})
+}
+
+// stallDuring downloads name with the stall-measuring client from the LAN
+// host and runs fail 2 s into it; the download must arrive intact, without
+// a gap longer than limit (0: any).
+func (b *bed) stallDuring(t *testing.T, name string, limit time.Duration, fail func()) {
+	t.Helper()
+	bin := testbed.BuildBinary(t, "./internal/cmd/stallclient")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := b.Command(ctx, "lan", bin, "-timeout", "90s", b.url(false, httpPort, name))
+	out := make(chan []byte, 1)
+	errc := make(chan error, 1)
+	go func() {
+		o, err := cmd.Output()
+		out <- o
+		errc <- err
+	}()
+	time.Sleep(2 * time.Second)
+	fail()
+	o, err := <-out, <-errc
+	if err != nil {
+		t.Fatalf("stallclient: %v: %s", err, o)
+	}
+	var r struct {
+		Bytes        int64         `json:"bytes"`
+		SHA256       string        `json:"sha256"`
+		LongestStall time.Duration `json:"longest_stall_ns"`
+		StallAt      time.Duration `json:"stall_at_ns"`
+		Took         time.Duration `json:"took_ns"`
+	}
+	if err := json.Unmarshal(o, &r); err != nil {
+		t.Fatalf("stallclient printed %q: %v", o, err)
+	}
+	t.Logf("%s: %d bytes in %v; longest stall %v, %v after the first byte", name, r.Bytes, r.Took, r.LongestStall, r.StallAt)
+	if r.SHA256 != b.files[name] {
+		t.Fatalf("sha256 %s, want %s", r.SHA256, b.files[name])
+	}
+	if limit > 0 && r.LongestStall > limit {
+		t.Errorf("the download stalled for %v, want at most %v", r.LongestStall, limit)
+	}
+}
+
+// restoreDSL brings the CPE's DSL interface back as netifd would after a
+// carrier loss: link up, its IPv6 address (Linux drops those on link down)
+// and default routes; then waits until the agent uses it again.
+func (b *bed) restoreDSL(t *testing.T) {
+	t.Helper()
+	b.Run(t, "cpe", "ip", "link", "set", "wan0", "up")
+	b.Run(t, "cpe", "ip", "-6", "addr", "replace", "2001:db8:1::2/64", "dev", "wan0", "nodad")
+	b.Run(t, "cpe", "ip", "route", "replace", "default", "via", "10.0.1.1", "dev", "wan0", "metric", "10")
+	b.Run(t, "cpe", "ip", "-6", "route", "replace", "default", "via", "2001:db8:1::1", "dev", "wan0")
+	b.waitLog(t, "MPTCP endpoint added", "addr=10.0.1.2")
+}
+
 // restartAgent stops the running agent, if any, and starts one with yaml.
 func (b *bed) restartAgent(yaml string) {
 	b.t.Helper()
@@ -163,13 +302,15 @@ func (b *bed) legCapture(t *testing.T, ifname string) *testbed.Capture {
 	return b.Capture(t, "cpe", ifname, "tcp port "+mcpPort)
 }
 
-// synCounts counts the SYNs (without ACK) of a capture by MPTCP option.
+// synCounts counts the SYNs (without ACK) of a capture by MPTCP option;
+// mptcpSYNs counts those that also match every display filter in and.
 type synCounts struct{ capable, join, plain int }
 
-func mptcpSYNs(t *testing.T, pcap string) synCounts {
+func mptcpSYNs(t *testing.T, pcap string, and ...string) synCounts {
 	t.Helper()
+	filter := strings.Join(append([]string{"tcp.flags.syn == 1 && tcp.flags.ack == 0"}, and...), " && ")
 	var c synCounts
-	for _, r := range tsharkFields(t, pcap, "tcp.flags.syn == 1 && tcp.flags.ack == 0", "tcp.options.mptcp.subtype") {
+	for _, r := range tsharkFields(t, pcap, filter, "tcp.options.mptcp.subtype") {
 		switch r[0] {
 		case "0":
 			c.capable++

@@ -102,12 +102,13 @@ type UplinkPlan struct {
 // PlanUplinks decides which uplinks carry subflows and how, from their
 // roles, priorities, communities and states. An uplink that is down or
 // failed its probes carries nothing. On-demand uplinks are used, as active
-// ones, only while no active uplink is usable.
+// ones, only while no active uplink is usable. At most maxSubflows uplinks
+// are used, the best ones (zero or less: no bound).
 //
 // When every uplink that is up fails its probes, the fault is taken to be
 // the MCP's, not the uplinks': they are planned as if healthy, and the
 // MCP's own health (Policy.Failed) sends new flows to the fallback.
-func PlanUplinks(ups []Uplink) UplinkPlan {
+func PlanUplinks(ups []Uplink, maxSubflows int) UplinkPlan {
 	p := UplinkPlan{Use: make([]Use, len(ups))}
 	if !slices.ContainsFunc(ups, Uplink.usable) {
 		ups = slices.Clone(ups)
@@ -139,14 +140,16 @@ func PlanUplinks(ups []Uplink) UplinkPlan {
 		}
 		return cmp.Compare(ups[b].Priority, ups[a].Priority)
 	})
-	// One uplink per community: the best one.
+	// One uplink per community, the best one, and no more than
+	// maxSubflows uplinks in all.
 	taken := map[string]bool{}
 	for _, i := range order {
-		if c := ups[i].Community; c != "" {
-			if taken[c] {
-				p.Use[i] = UseNone
-				continue
-			}
+		c := ups[i].Community
+		if c != "" && taken[c] || maxSubflows > 0 && len(p.Initial) == maxSubflows {
+			p.Use[i] = UseNone
+			continue
+		}
+		if c != "" {
 			taken[c] = true
 		}
 		p.Initial = append(p.Initial, i)

@@ -15,6 +15,7 @@ func TestPlanUplinks(t *testing.T) {
 	tests := []struct {
 		name string
 		ups  []Uplink
+		max  int
 		want UplinkPlan
 	}{
 		{name: "none", want: UplinkPlan{Use: []Use{}}},
@@ -54,6 +55,12 @@ func TestPlanUplinks(t *testing.T) {
 		{name: "community: an active member wins over a backup one",
 			ups:  []Uplink{ok(RoleBackup, 100, "copper"), ok(RoleActive, 1, "copper")},
 			want: UplinkPlan{Use: []Use{UseNone, UseActive}, Initial: []int{1}}},
+		{name: "max subflows keeps the best uplinks",
+			ups: []Uplink{ok(RoleBackup, 100, ""), ok(RoleActive, 1, ""), ok(RoleActive, 2, "")}, max: 2,
+			want: UplinkPlan{Use: []Use{UseNone, UseActive, UseActive}, Initial: []int{2, 1}}},
+		{name: "max subflows 1: single path over the best, the others wait",
+			ups: []Uplink{ok(RoleActive, 1, ""), ok(RoleActive, 2, "")}, max: 1,
+			want: UplinkPlan{Use: []Use{UseNone, UseActive}, Initial: []int{1}}},
 		{name: "nothing up",
 			ups:  []Uplink{down(ok(RoleActive, 0, "")), down(ok(RoleBackup, 0, ""))},
 			want: UplinkPlan{Use: []Use{UseNone, UseNone}}},
@@ -63,7 +70,7 @@ func TestPlanUplinks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := PlanUplinks(tt.ups)
+			got := PlanUplinks(tt.ups, tt.max)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("PlanUplinks (-want +got):\n%s", diff)
 			}
