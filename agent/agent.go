@@ -96,6 +96,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		}()
 	}
 
+	legs := newLegRegistry()
 	for _, addr := range []netip.AddrPort{
 		netip.AddrPortFrom(netip.IPv4Unspecified(), cfg.Netfilter.TProxyPort),
 		netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Netfilter.TProxyPort),
@@ -107,7 +108,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			acceptLoop(ln, conv, rl, log)
+			acceptLoop(ln, conv, rl, legs, log)
 		}()
 		undo = append(undo, func() { ln.Close(); <-done })
 	}
@@ -140,7 +141,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 	undo = append(undo, func() { fw.Close() })
 
-	ctl, err := control.Listen(control.Config{Path: cfg.ControlSocket, DHCP: dhcpHandler(cfg, prov), Logger: log.With("component", "control")})
+	ctl, err := control.Listen(control.Config{
+		Path:   cfg.ControlSocket,
+		DHCP:   dhcpHandler(cfg, prov),
+		Status: func() control.Status { return status(ups, legs, conv) },
+		Logger: log.With("component", "control"),
+	})
 	if err != nil {
 		return err
 	}
@@ -196,8 +202,9 @@ func probe(ctx context.Context, pol *policy.Policy, mcp netip.AddrPort, timeout 
 }
 
 // acceptLoop pairs each connection the TPROXY rule delivers with the leg of
-// its flow and hands both to the relay.
-func acceptLoop(ln *net.TCPListener, conv *converter, rl *relay.Relay, log *slog.Logger) {
+// its flow and hands both to the relay; legs lists the pairs the relay
+// holds.
+func acceptLoop(ln *net.TCPListener, conv *converter, rl *relay.Relay, legs *legRegistry, log *slog.Logger) {
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -214,7 +221,9 @@ func acceptLoop(ln *net.TCPListener, conv *converter, rl *relay.Relay, log *slog
 			abort(c)
 			continue
 		}
-		if err := rl.Add(c, leg.Conn, nil); err != nil {
+		legs.add(leg, src, dst)
+		if err := rl.Add(c, leg.Conn, func(relay.Stats) { legs.remove(leg) }); err != nil {
+			legs.remove(leg)
 			log.Debug("relay refused pair", "src", src, "dst", dst, "err", err)
 		}
 	}

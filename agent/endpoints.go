@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/mcpagent/mcpagent/mptcppm"
 	"github.com/mcpagent/mcpagent/policy"
@@ -18,14 +19,25 @@ import (
 // learns it with REMOVE_ADDR over a subflow that still works, so data in
 // flight on it is sent again on the others at once. It removes only the
 // endpoints it added, and restores the limits it set.
+//
+// It makes before it breaks: when a change adds endpoints, those it
+// removes go makeBeforeBreak later, once the new subflows have joined.
+// Linux does not close the only subflow of a leg, and the REMOVE_ADDR
+// needs a subflow to travel on.
 type endpointSync struct {
 	log *slog.Logger
 
 	mu        sync.Mutex
-	pm        *mptcppm.Client
+	pm        *mptcppm.Client // nil after close
 	ours      map[netip.Addr]mptcppm.Endpoint
+	want      map[netip.Addr]mptcppm.Endpoint
+	later     *time.Timer // deferred removals; nil when none is due
 	oldLimits mptcppm.Limits
 }
+
+// makeBeforeBreak is how long removals wait for the subflows of the
+// endpoints added with them: a few round trips, and one lost SYN.
+const makeBeforeBreak = 1500 * time.Millisecond
 
 // newEndpointSync sets the path manager's limits for legs of at most
 // maxSubflows subflows, the initial one included. The kernel counts the
@@ -57,8 +69,6 @@ func newEndpointSync(maxSubflows int, log *slog.Logger) (*endpointSync, error) {
 // apply makes the endpoints match the uplinks' addresses in states, each
 // uplink used as use says (same order).
 func (e *endpointSync) apply(states []route.UplinkState, use []policy.Use) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	want := map[netip.Addr]mptcppm.Endpoint{}
 	for i, s := range states {
 		if !s.Up || use[i] == policy.UseNone {
@@ -74,18 +84,24 @@ func (e *endpointSync) apply(states []route.UplinkState, use []policy.Use) {
 			}
 		}
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.want = want
+	e.reconcileLocked()
+}
+
+// reconcileLocked changes, adds and removes endpoints toward e.want; e.mu
+// is held.
+func (e *endpointSync) reconcileLocked() {
 	if e.pm == nil {
 		return
 	}
+	var gone []netip.Addr
 	for a, ep := range e.ours {
-		w, ok := want[a]
+		w, ok := e.want[a]
 		switch {
 		case !ok || w.IfIndex != ep.IfIndex:
-			if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
-				e.log.Warn("delete MPTCP endpoint", "addr", a, "id", ep.ID, "err", err)
-			}
-			delete(e.ours, a)
-			e.log.Info("MPTCP endpoint removed", "addr", a)
+			gone = append(gone, a)
 		case w.Flags != ep.Flags:
 			// The kernel sends MP_PRIO on the subflows of the address.
 			if err := e.pm.SetFlags(ep.ID, w.Flags&mptcppm.FlagBackup); err != nil {
@@ -97,34 +113,63 @@ func (e *endpointSync) apply(states []route.UplinkState, use []policy.Use) {
 			e.log.Info("MPTCP endpoint flags changed", "addr", a, "flags", w.Flags)
 		}
 	}
-	if len(want) == len(e.ours) {
+	if e.addLocked() && len(gone) > 0 {
+		if e.later == nil {
+			e.later = time.AfterFunc(makeBeforeBreak, func() {
+				e.mu.Lock()
+				defer e.mu.Unlock()
+				e.later = nil
+				e.reconcileLocked()
+			})
+		}
 		return
+	}
+	for _, a := range gone {
+		if err := e.pm.DeleteEndpoint(e.ours[a].ID); err != nil {
+			e.log.Warn("delete MPTCP endpoint", "addr", a, "id", e.ours[a].ID, "err", err)
+		}
+		delete(e.ours, a)
+		e.log.Info("MPTCP endpoint removed", "addr", a)
+	}
+}
+
+// addLocked adds the endpoints of e.want that are not there yet and
+// reports whether it added any; e.mu is held.
+func (e *endpointSync) addLocked() bool {
+	var missing []mptcppm.Endpoint
+	for a, w := range e.want {
+		if _, ok := e.ours[a]; !ok {
+			missing = append(missing, w)
+		}
+	}
+	if len(missing) == 0 {
+		return false
 	}
 	existing, err := e.pm.Endpoints()
 	if err != nil {
 		e.log.Warn("list MPTCP endpoints", "err", err)
-		return
+		return false
 	}
 	for _, ep := range existing {
 		// A leftover of a run that was killed: replace it with ours.
-		if _, ok := want[ep.Addr]; ok && e.ours[ep.Addr].ID == 0 {
+		if _, ok := e.want[ep.Addr]; ok && e.ours[ep.Addr].ID == 0 {
 			if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
 				e.log.Warn("delete stale MPTCP endpoint", "addr", ep.Addr, "err", err)
 			}
 		}
 	}
-	for a, w := range want {
-		if _, ok := e.ours[a]; ok {
-			continue
-		}
+	added := false
+	for _, w := range missing {
 		ep, err := e.pm.AddEndpoint(w)
 		if err != nil {
-			e.log.Warn("add MPTCP endpoint", "addr", a, "err", err)
+			e.log.Warn("add MPTCP endpoint", "addr", w.Addr, "err", err)
 			continue
 		}
-		e.ours[a] = ep
-		e.log.Info("MPTCP endpoint added", "addr", a, "id", ep.ID, "ifindex", ep.IfIndex, "flags", ep.Flags)
+		e.ours[w.Addr] = ep
+		added = true
+		e.log.Info("MPTCP endpoint added", "addr", w.Addr, "id", ep.ID, "ifindex", ep.IfIndex, "flags", ep.Flags)
 	}
+	return added
 }
 
 // close removes the endpoints it added and restores the limits.
@@ -133,6 +178,9 @@ func (e *endpointSync) close() {
 	defer e.mu.Unlock()
 	if e.pm == nil {
 		return
+	}
+	if e.later != nil {
+		e.later.Stop()
 	}
 	for a, ep := range e.ours {
 		if err := e.pm.DeleteEndpoint(ep.ID); err != nil {

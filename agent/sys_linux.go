@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/mcpagent/mcpagent/config"
@@ -89,4 +90,15 @@ func listenTransparent(addr netip.AddrPort) (*net.TCPListener, error) {
 		return nil, err
 	}
 	return ln.(*net.TCPListener), nil
+}
+
+// linkCounters returns the bytes the interface received and sent, or zeros
+// if it cannot be read (it may have gone).
+func linkCounters(ifname string) (rx, tx uint64) {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil || l.Attrs().Statistics == nil {
+		return 0, 0
+	}
+	s := l.Attrs().Statistics
+	return s.RxBytes, s.TxBytes
 }

@@ -15,3 +15,5 @@ var errNotLinux = errors.New("the agent needs Linux (NFQUEUE, TPROXY, Multipath 
 func preflight(*config.Config) error { return errNotLinux }
 
 func listenTransparent(netip.AddrPort) (*net.TCPListener, error) { return nil, errNotLinux }
+
+func linkCounters(string) (rx, tx uint64) { return 0, 0 }

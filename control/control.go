@@ -25,6 +25,8 @@ const (
 type Request struct {
 	// DHCP hands the agent what a DHCP client told its hook script.
 	DHCP *DHCPEvent `json:"dhcp,omitempty"`
+	// Status asks for the agent's Status.
+	Status *StatusRequest `json:"status,omitempty"`
 }
 
 // Response is the agent's answer to a Request.
@@ -32,6 +34,8 @@ type Response struct {
 	// Error is why the agent refused the request; empty when it was
 	// done.
 	Error string `json:"error,omitempty"`
+	// Status answers a StatusRequest.
+	Status *Status `json:"status,omitempty"`
 }
 
 // DHCPEvent is one call of a DHCP client's hook script.
@@ -94,10 +98,15 @@ func (e DHCPEvent) Check() error {
 
 // check reports why r is not a well-formed request.
 func (r Request) check() error {
-	if r.DHCP == nil {
-		return errors.New("empty request")
+	switch {
+	case r.DHCP != nil && r.Status != nil:
+		return errors.New("more than one request")
+	case r.DHCP != nil:
+		return r.DHCP.Check()
+	case r.Status != nil:
+		return nil
 	}
-	return r.DHCP.Check()
+	return errors.New("empty request")
 }
 
 // AppendRequest appends the wire form of r, one line of JSON, to b. It
@@ -106,7 +115,7 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 	if err := r.check(); err != nil {
 		return b, err
 	}
-	return appendLine(b, r)
+	return appendLine(b, r, MaxRequest)
 }
 
 // DecodeRequest reads one request line. It refuses, with an error, a line
@@ -114,7 +123,7 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 // requests.
 func DecodeRequest(line []byte) (Request, error) {
 	var r Request
-	if err := decodeLine(line, &r); err != nil {
+	if err := decodeLine(line, &r, MaxRequest); err != nil {
 		return Request{}, fmt.Errorf("decode request: %w", err)
 	}
 	if err := r.check(); err != nil {
@@ -123,22 +132,23 @@ func DecodeRequest(line []byte) (Request, error) {
 	return r, nil
 }
 
-func appendLine(b []byte, v any) ([]byte, error) {
+// appendLine appends v as one line of JSON of at most limit bytes.
+func appendLine(b []byte, v any, limit int) ([]byte, error) {
 	j, err := json.Marshal(v)
 	if err != nil {
 		return b, err
 	}
-	if len(j)+1 > MaxRequest {
-		return b, fmt.Errorf("message of %d bytes is longer than %d", len(j)+1, MaxRequest)
+	if len(j)+1 > limit {
+		return b, fmt.Errorf("message of %d bytes is longer than %d", len(j)+1, limit)
 	}
 	return append(append(b, j...), '\n'), nil
 }
 
-// decodeLine decodes one JSON value, strictly, from a line that may end
-// with a newline.
-func decodeLine(line []byte, v any) error {
-	if len(line) > MaxRequest {
-		return fmt.Errorf("longer than %d bytes", MaxRequest)
+// decodeLine decodes one JSON value, strictly, from a line of at most
+// limit bytes that may end with a newline.
+func decodeLine(line []byte, v any, limit int) error {
+	if len(line) > limit {
+		return fmt.Errorf("longer than %d bytes", limit)
 	}
 	line = bytes.TrimSuffix(line, []byte("\n"))
 	if bytes.IndexByte(line, '\n') >= 0 {
@@ -155,11 +165,11 @@ func decodeLine(line []byte, v any) error {
 	return nil
 }
 
-// readLine reads one line of at most MaxRequest bytes, newline included.
-func readLine(r io.Reader) ([]byte, error) {
-	line, err := bufio.NewReaderSize(r, MaxRequest).ReadSlice('\n')
+// readLine reads one line of at most limit bytes, newline included.
+func readLine(r io.Reader, limit int) ([]byte, error) {
+	line, err := bufio.NewReaderSize(r, limit).ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
-		return nil, fmt.Errorf("line longer than %d bytes", MaxRequest)
+		return nil, fmt.Errorf("line longer than %d bytes", limit)
 	}
 	return line, err
 }

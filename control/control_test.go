@@ -41,7 +41,10 @@ func TestDecodeRequest(t *testing.T) {
 		{name: "odhcp6c stopped", in: `{"dhcp":{"interface":"wan","family":6,"event":"stopped"}}`,
 			want: Request{DHCP: &DHCPEvent{Interface: "wan", Family: 6, Event: "stopped"}}, wantLost: true},
 		{name: "empty request", in: `{}`, wantErr: "empty request"},
-		{name: "unknown member", in: `{"status":{}}`, wantErr: `unknown field "status"`},
+		{name: "status", in: `{"status":{}}`, want: Request{Status: &StatusRequest{}}},
+		{name: "status takes no parameters", in: `{"status":{"verbose":true}}`, wantErr: `unknown field "verbose"`},
+		{name: "two requests in one", in: `{"status":{},"dhcp":{"interface":"wan","family":4,"event":"bound"}}`, wantErr: "more than one request"},
+		{name: "unknown member", in: `{"reload":{}}`, wantErr: `unknown field "reload"`},
 		{name: "unknown event field", in: `{"dhcp":{"interface":"wan","family":4,"event":"bound","lease":1}}`, wantErr: `unknown field "lease"`},
 		{name: "trailing data", in: `{"dhcp":{"interface":"wan","family":4,"event":"bound"}} {}`, wantErr: "data after"},
 		{name: "two lines", in: "{}\n{}\n", wantErr: "more than one line"},
@@ -72,7 +75,7 @@ func TestDecodeRequest(t *testing.T) {
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("DecodeRequest (-want +got):\n%s", diff)
 			}
-			if got.DHCP.Lost() != tt.wantLost {
+			if got.DHCP != nil && got.DHCP.Lost() != tt.wantLost {
 				t.Errorf("Lost() = %v, want %v", got.DHCP.Lost(), tt.wantLost)
 			}
 			// Round trip: what the client writes decodes to the same.
@@ -182,10 +185,15 @@ func TestServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Write([]byte("{\"dhcp\":{\"interface\":\"wan0\",\"family\":4,\"event\":\"nak\"}}\n"))
-	answer, err := readLine(c)
+	answer, err := readLine(c, MaxResponse)
 	c.Close()
 	if err != nil || !bytes.Contains(answer, []byte(`"error":"dhcp event: \"nak\" is not a DHCPv4 client event`)) {
 		t.Errorf("answer to a malformed request: %q, %v", answer, err)
+	}
+
+	// This server takes no status requests.
+	if _, err := QueryStatus(ctx, path); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "status requests are not taken") {
+		t.Errorf("QueryStatus without a Status handler: %v", err)
 	}
 
 	// A second server on a live socket fails and leaves it alone.
@@ -270,5 +278,37 @@ func TestSaveLoadDHCP(t *testing.T) {
 	fi, err := os.Stat(dir)
 	if err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("state dir mode %v (%v), want 0700", fi.Mode(), err)
+	}
+}
+
+// TestStatus: the status the agent's handler returns reaches the client
+// whole, however many connections it lists.
+func TestStatus(t *testing.T) {
+	want := Status{
+		Uplinks: []UplinkStatus{
+			{Name: "dsl", Interface: "wan0", Role: "active", Priority: 100, Community: "copper", State: "up", Healthy: true, Use: "active",
+				Addrs: []string{"10.0.1.2/24"}, Subflows: 2, RxBytes: 1 << 40, TxBytes: 7},
+			{Name: "lte", Interface: "wan1", Role: "on-demand", State: "down", Use: "none", Addrs: []string{}},
+		},
+		Counters: map[string]uint64{"converted": 3, "fallback": 1},
+	}
+	for i := range 20000 { // about 4 MB of JSON, far beyond MaxRequest
+		want.Connections = append(want.Connections, ConnStatus{
+			Client: "192.168.1.2:" + strconv.Itoa(i), Destination: "203.0.113.10:443", MCP: "198.51.100.1:5124", MPTCP: true,
+			Subflows: []SubflowStatus{{Local: "10.0.1.2:40000", Remote: "198.51.100.1:5124", Uplink: "dsl"}, {Local: "100.64.0.2:40001", Remote: "198.51.100.1:5124", Uplink: "lte", Backup: true}},
+		})
+	}
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	s, err := Listen(Config{Path: path, Status: func() Status { return want }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := QueryStatus(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("QueryStatus (-want +got):\n%s", diff)
 	}
 }

@@ -28,6 +28,8 @@ type Config struct {
 	// and its text goes back to the client. It may be called from several
 	// goroutines at once. Nil refuses every DHCP event.
 	DHCP func(DHCPEvent) error
+	// Status returns the agent's status. Nil refuses status requests.
+	Status func() Status
 	// Logger receives requests that could not be read; nil discards.
 	Logger *slog.Logger
 }
@@ -157,16 +159,13 @@ func (s *Server) serveConn(c *net.UnixConn) {
 	defer func() { <-s.sem; s.wg.Done() }()
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(Timeout))
-	line, err := readLine(c)
+	line, err := readLine(c, MaxRequest)
 	if err != nil {
 		s.log.Debug("control socket: unreadable request", "err", err)
 		return
 	}
-	var resp Response
-	if err := s.handle(line); err != nil {
-		resp.Error = err.Error()
-	}
-	b, err := appendLine(nil, resp)
+	resp := s.handle(line)
+	b, err := appendLine(nil, resp, MaxResponse)
 	if err == nil {
 		_, err = c.Write(b)
 	}
@@ -175,15 +174,24 @@ func (s *Server) serveConn(c *net.UnixConn) {
 	}
 }
 
-func (s *Server) handle(line []byte) error {
+func (s *Server) handle(line []byte) Response {
 	req, err := DecodeRequest(line)
+	switch {
+	case err != nil:
+	case req.Status != nil && s.cfg.Status == nil:
+		err = errors.New("status requests are not taken")
+	case req.Status != nil:
+		st := s.cfg.Status()
+		return Response{Status: &st}
+	case s.cfg.DHCP == nil:
+		err = errors.New("dhcp events are not taken")
+	default:
+		err = s.cfg.DHCP(*req.DHCP)
+	}
 	if err != nil {
-		return err
+		return Response{Error: err.Error()}
 	}
-	if s.cfg.DHCP == nil {
-		return errors.New("dhcp events are not taken")
-	}
-	return s.cfg.DHCP(*req.DHCP)
+	return Response{}
 }
 
 // Send sends req to the agent listening on path and waits for its answer,
@@ -191,36 +199,43 @@ func (s *Server) handle(line []byte) error {
 // what was asked, an error wrapping ErrRefused and the agent's reason when
 // it refused, and another error when it could not be asked.
 func Send(ctx context.Context, path string, req Request) error {
+	_, err := exchange(ctx, path, req)
+	return err
+}
+
+// exchange sends req and returns the agent's response, or an error
+// wrapping ErrRefused if the agent refused it.
+func exchange(ctx context.Context, path string, req Request) (Response, error) {
 	b, err := AppendRequest(nil, req)
 	if err != nil {
-		return err
+		return Response{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return fmt.Errorf("reach the agent: %w", err)
+		return Response{}, fmt.Errorf("reach the agent: %w", err)
 	}
 	c := nc.(*net.UnixConn)
 	defer c.Close()
 	deadline, _ := ctx.Deadline()
 	c.SetDeadline(deadline)
 	if _, err := c.Write(b); err != nil {
-		return fmt.Errorf("send to the agent: %w", err)
+		return Response{}, fmt.Errorf("send to the agent: %w", err)
 	}
-	line, err := readLine(c)
+	line, err := readLine(c, MaxResponse)
 	if err != nil {
-		return fmt.Errorf("read the agent's answer: %w", err)
+		return Response{}, fmt.Errorf("read the agent's answer: %w", err)
 	}
 	var resp Response
-	if err := decodeLine(line, &resp); err != nil {
-		return fmt.Errorf("read the agent's answer: %w", err)
+	if err := decodeLine(line, &resp, MaxResponse); err != nil {
+		return Response{}, fmt.Errorf("read the agent's answer: %w", err)
 	}
 	if resp.Error != "" {
-		return fmt.Errorf("%w: %s", ErrRefused, resp.Error)
+		return Response{}, fmt.Errorf("%w: %s", ErrRefused, resp.Error)
 	}
-	return nil
+	return resp, nil
 }
 
 // ErrRefused reports that the agent answered and refused a request.

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mcpagent/mcpagent/control"
 	"github.com/mcpagent/mcpagent/internal/testbed"
 )
 
@@ -47,6 +50,8 @@ func TestIntegrationUplinks(t *testing.T) {
 		if total := float64(dsl + lte); float64(dsl) < 0.25*total || float64(lte) < 0.25*total {
 			t.Errorf("each uplink must carry at least 25%%: dsl %d, lte %d bytes", dsl, lte)
 		}
+		defer b.holdConnection(t, big)()
+		b.waitStatus(t, all(uplinkIs("dsl", "up", true, "active"), uplinkIs("lte", "up", true, "active"), heldSubflows("dsl", "lte")))
 	})
 
 	t.Run("community: one subflow between two uplinks of one community", func(t *testing.T) {
@@ -57,6 +62,8 @@ func TestIntegrationUplinks(t *testing.T) {
 		if dslSYNs.capable == 0 || dslSYNs.join+lteSYNs.capable+lteSYNs.join != 0 {
 			t.Errorf("want MP_CAPABLE SYNs on dsl only and no MP_JOIN anywhere; dsl %+v, lte %+v", dslSYNs, lteSYNs)
 		}
+		defer b.holdConnection(t, big)()
+		b.waitStatus(t, all(uplinkIs("dsl", "up", true, "active"), uplinkIs("lte", "up", true, "none"), heldSubflows("dsl")))
 	})
 
 	t.Run("probe fails: no initial subflow over the blackholed uplink", func(t *testing.T) {
@@ -71,6 +78,9 @@ func TestIntegrationUplinks(t *testing.T) {
 		if lteSYNs.capable == 0 || dslSYNs.capable+dslSYNs.join != 0 {
 			t.Errorf("want the leg's MP_CAPABLE SYN on lte and no MPTCP SYN on dsl; dsl %+v, lte %+v", dslSYNs, lteSYNs)
 		}
+		stop := b.holdConnection(t, big)
+		b.waitStatus(t, all(uplinkIs("dsl", "up", false, "none"), uplinkIs("lte", "up", true, "active"), heldSubflows("lte")))
+		stop()
 		b.Run(t, "core", "iptables", append([]string{"-D"}, rule...)...)
 		b.waitLog(t, "uplink healthy again", "uplink=dsl")
 	})
@@ -81,6 +91,9 @@ func TestIntegrationUplinks(t *testing.T) {
 		if total := float64(dsl + lte); float64(lte) >= 0.02*total {
 			t.Errorf("the backup uplink carried %d of %d bytes, want under 2%%", lte, dsl+lte)
 		}
+		stop := b.holdConnection(t, big)
+		b.waitStatus(t, all(uplinkIs("dsl", "up", true, "active"), uplinkIs("lte", "up", true, "backup"), heldSubflows("dsl", "lte+backup")))
+		stop()
 		_, lte = b.rxDuring(t, func() { b.fetchWhileFailing(t, mid, "dsl") })
 		if lte < 5<<20 {
 			t.Errorf("after the primary failed the backup uplink carried %d bytes, want the rest of the transfer", lte)
@@ -94,6 +107,13 @@ func TestIntegrationUplinks(t *testing.T) {
 		if n := len(tsharkFields(t, quiet.Stop(), "ip", "frame.number")); n != 0 {
 			t.Errorf("the on-demand uplink sent or received %d IPv4 packets while the primary worked", n)
 		}
+		stop := b.holdConnection(t, big)
+		b.waitStatus(t, all(uplinkIs("lte", "up", true, "none"), heldSubflows("dsl")))
+		b.SetLink(t, "dsl", "down")
+		b.waitStatus(t, all(uplinkIs("dsl", "up", false, "none"), uplinkIs("lte", "up", true, "active"), heldSubflows("lte")))
+		stop()
+		b.SetLink(t, "dsl", "up")
+		b.waitStatus(t, all(uplinkIs("dsl", "up", true, "active"), uplinkIs("lte", "up", true, "none")))
 		wan1 := b.legCapture(t, "wan1")
 		_, lte := b.rxDuring(t, func() { b.fetchWhileFailing(t, mid, "dsl") })
 		if syns := mptcpSYNs(t, wan1.Stop()); syns.join == 0 {
@@ -120,7 +140,9 @@ func TestIntegrationFailover(t *testing.T) {
 
 	t.Run("primary link set down mid-transfer", func(t *testing.T) {
 		b.stallDuring(t, mid, maxStall, func() { b.Run(t, "cpe", "ip", "link", "set", "wan0", "down") })
+		b.waitStatus(t, all(uplinkIs("dsl", "down", true, "none"), uplinkIs("lte", "up", true, "active")))
 		b.restoreDSL(t)
+		b.waitStatus(t, uplinkIs("dsl", "up", true, "active"))
 	})
 
 	t.Run("primary silently drops everything mid-transfer", func(t *testing.T) {
@@ -239,6 +261,107 @@ func (b *bed) restoreDSL(t *testing.T) {
 	b.Run(t, "cpe", "ip", "route", "replace", "default", "via", "10.0.1.1", "dev", "wan0", "metric", "10")
 	b.Run(t, "cpe", "ip", "-6", "route", "replace", "default", "via", "2001:db8:1::1", "dev", "wan0")
 	b.waitLog(t, "MPTCP endpoint added", "addr=10.0.1.2")
+}
+
+// status returns what `mcpagent status -json` prints in the CPE.
+func (b *bed) status(t *testing.T) control.Status {
+	t.Helper()
+	out := b.Run(t, "cpe", b.agentBin, "status", "-json", "-config", filepath.Join(b.dir, "mcpagent.yaml"))
+	var st control.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("mcpagent status -json printed %q: %v", out, err)
+	}
+	return st
+}
+
+// waitStatus waits up to 5 s until the agent's status satisfies ok, and
+// fails t with the last status and ok's complaint if it never does. ok
+// returns "" when satisfied, else what is wrong.
+func (b *bed) waitStatus(t *testing.T, ok func(control.Status) string) control.Status {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := b.status(t)
+		wrong := ok(st)
+		if wrong == "" {
+			return st
+		}
+		if time.Now().After(deadline) {
+			j, _ := json.MarshalIndent(st, "", "  ")
+			t.Fatalf("mcpagent status: %s\n%s", wrong, j)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// uplinkIs returns a waitStatus check that the named uplink is in state,
+// healthy or not, and used as use.
+func uplinkIs(name, state string, healthy bool, use string) func(control.Status) string {
+	return func(st control.Status) string {
+		for _, u := range st.Uplinks {
+			if u.Name == name {
+				if u.State != state || u.Healthy != healthy || u.Use != use {
+					return fmt.Sprintf("uplink %s is %s, healthy %v, used %s; want %s, %v, %s", name, u.State, u.Healthy, u.Use, state, healthy, use)
+				}
+				return ""
+			}
+		}
+		return "no uplink " + name
+	}
+}
+
+// heldSubflows returns a waitStatus check that the one held connection
+// (to the server over MPTCP) has exactly the established subflows named,
+// uplink name with "+backup" for a backup subflow, in any order.
+func heldSubflows(want ...string) func(control.Status) string {
+	return func(st control.Status) string {
+		var held []control.ConnStatus
+		for _, c := range st.Connections {
+			if strings.HasPrefix(c.Destination, serverV4+":") {
+				held = append(held, c)
+			}
+		}
+		if len(held) != 1 || !held[0].MPTCP {
+			return fmt.Sprintf("want one MPTCP connection to the server, got %+v", held)
+		}
+		var got []string
+		for _, s := range held[0].Subflows {
+			if s.State != "established" {
+				continue
+			}
+			name := s.Uplink
+			if s.Backup {
+				name += "+backup"
+			}
+			got = append(got, name)
+		}
+		slices.Sort(got)
+		want := slices.Sorted(slices.Values(want))
+		if !slices.Equal(got, want) {
+			return fmt.Sprintf("the held connection's subflows are %v, want %v", got, want)
+		}
+		return ""
+	}
+}
+
+// all combines waitStatus checks.
+func all(checks ...func(control.Status) string) func(control.Status) string {
+	return func(st control.Status) string {
+		for _, c := range checks {
+			if wrong := c(st); wrong != "" {
+				return wrong
+			}
+		}
+		return ""
+	}
+}
+
+// holdConnection starts a slow download from the LAN host (100 kB/s) that
+// stays open until the returned function stops it.
+func (b *bed) holdConnection(t *testing.T, name string) (stop func()) {
+	t.Helper()
+	p := b.Start(t, "lan", "held-curl", "", "curl", "-sS", "-o", "/dev/null", "--limit-rate", "100k", b.url(false, httpPort, name))
+	return p.Stop
 }
 
 // restartAgent stops the running agent, if any, and starts one with yaml.

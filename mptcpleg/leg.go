@@ -28,7 +28,9 @@ type DialConfig struct {
 	// route it there). Invalid lets routing choose.
 	Local netip.Addr
 	// CongestionControl, if not empty, is the congestion control of the
-	// leg's subflows (TCP_CONGESTION), e.g. "cubic".
+	// leg's subflows (TCP_CONGESTION), e.g. "cubic". Linux takes any name
+	// on an MPTCP socket before it connects and falls back to its default
+	// for a name it does not know: check the name beforehand.
 	CongestionControl string
 }
 

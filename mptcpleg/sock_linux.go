@@ -9,7 +9,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -315,4 +317,67 @@ func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 		return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
 	}
 	return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
+}
+
+// solMPTCP, mptcpTCPInfo and mptcpSubflowAddrs are SOL_MPTCP
+// (include/linux/socket.h), MPTCP_TCPINFO and MPTCP_SUBFLOW_ADDRS
+// (include/uapi/linux/mptcp.h, Linux 5.16).
+const (
+	solMPTCP          = 284
+	mptcpTCPInfo      = 2
+	mptcpSubflowAddrs = 3
+)
+
+// Subflows returns the subflows of the MPTCP connection c that are not
+// closed, at most MaxSubflows of them, with their addresses and TCP state.
+func Subflows(c *net.TCPConn) ([]Subflow, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("subflows: %w", err)
+	}
+	// Addresses and states come in two requests; a subflow that comes or
+	// goes in between shows as lists of different lengths: ask again.
+	for range 3 {
+		b, err := getSubflowData(rc, mptcpSubflowAddrs, subflowAddrLen)
+		if err != nil {
+			return nil, err
+		}
+		addrs, err := parseSubflowAddrs(b)
+		if err != nil {
+			return nil, err
+		}
+		if b, err = getSubflowData(rc, mptcpTCPInfo, tcpInfoPrefix); err != nil {
+			return nil, err
+		}
+		states, err := parseSubflowStates(b)
+		if err != nil {
+			return nil, err
+		}
+		if sf, ok := joinSubflows(addrs, states); ok {
+			return sf, nil
+		}
+	}
+	return nil, errors.New("subflows: they kept changing while being read")
+}
+
+// getSubflowData runs one MPTCP getsockopt that returns a struct
+// mptcp_subflow_data and an array of elem-byte elements.
+func getSubflowData(rc syscall.RawConn, opt, elem int) ([]byte, error) {
+	b := subflowDataRequest(elem)
+	var optErr error
+	if err := rc.Control(func(fd uintptr) {
+		n := uint32(len(b))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, solMPTCP, uintptr(opt),
+			uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if errno != 0 {
+			optErr = os.NewSyscallError("getsockopt SOL_MPTCP "+strconv.Itoa(opt), errno)
+		}
+		b = b[:min(int(n), len(b))]
+	}); err != nil {
+		return nil, fmt.Errorf("subflows: %w", err)
+	}
+	if optErr != nil {
+		return nil, fmt.Errorf("subflows: %w", optErr)
+	}
+	return b, nil
 }

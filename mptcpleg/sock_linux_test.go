@@ -700,3 +700,52 @@ func parseFrame(f []byte) (segment, bool) {
 func htons(v uint16) uint16 {
 	return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, v))
 }
+
+// TestIntegrationDialLocalAndSubflows: a leg bound to a local address
+// leaves from it, with the congestion control asked for, and
+// Subflows reports its subflow.
+func TestIntegrationDialLocalAndSubflows(t *testing.T) {
+	setupFastOpen(t)
+	ln, err := Listen(netip.MustParseAddrPort("127.0.0.1:0"), 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	remote := addrPort(t, ln.Addr())
+	local := netip.MustParseAddr("127.0.0.2")
+	leg, err := Dial(context.Background(), DialConfig{Remote: remote, Local: local, CongestionControl: "reno",
+		Header: mustHeader(t, Option{Protocol: ProtocolTCP, Addr: netip.MustParseAddr("192.0.2.1"), Port: 80})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leg.Conn.Close()
+	srv, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if got := addrPort(t, leg.Conn.LocalAddr()).Addr(); got != local {
+		t.Errorf("leg left from %v, want %v", got, local)
+	}
+	rc, err := leg.Conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cc string
+	rc.Control(func(fd uintptr) { cc, err = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION) })
+	if err != nil || cc != "reno" {
+		t.Errorf("congestion control %q, %v; want reno", cc, err)
+	}
+	subflows, err := Subflows(leg.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Subflow{{Local: addrPort(t, leg.Conn.LocalAddr()), Remote: remote, State: TCPEstablished}}
+	if len(subflows) != 1 || subflows[0] != want[0] {
+		t.Errorf("Subflows = %+v, want %+v", subflows, want)
+	}
+
+	if _, err := Dial(context.Background(), DialConfig{Remote: remote, Local: netip.MustParseAddr("::1")}); err == nil || !strings.Contains(err.Error(), "not of the family") {
+		t.Errorf("an IPv6 local address for an IPv4 remote: err %v", err)
+	}
+}

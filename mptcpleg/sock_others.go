@@ -23,3 +23,6 @@ func CheckFastOpenServer() error { return errNotSupported }
 
 // IsMPTCP is supported only on Linux.
 func IsMPTCP(c *net.TCPConn) (bool, error) { return false, errNotSupported }
+
+// Subflows is not supported on this OS.
+func Subflows(c *net.TCPConn) ([]Subflow, error) { return nil, errNotSupported }

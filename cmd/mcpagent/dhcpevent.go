@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/mcpagent/mcpagent/config"
 	"github.com/mcpagent/mcpagent/control"
 )
 
@@ -19,19 +18,14 @@ import (
 // at most control.Timeout and never waits for an agent that is not there.
 func dhcpEvent(args []string) int {
 	fs := flag.NewFlagSet("mcpagent dhcp-event", flag.ContinueOnError)
-	configPath := fs.String("config", "/etc/mcpagent/mcpagent.yaml", "the agent's configuration `file` (for control_socket)")
-	uciPath := fs.String("uci", "", "read the OpenWrt UCI `file` instead of -config")
+	load := configFlags(fs)
 	family := fs.Int("family", 4, "4 (udhcpc) or 6 (odhcp6c)")
 	event := fs.String("event", "", "the DHCP client's `event` (udhcpc: bound, renew, deconfig; odhcp6c: bound, informed, updated, rebound, unbound, stopped)")
 	ifname := fs.String("interface", "", "the `device` the DHCP client runs on")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	load, path := config.Load, *configPath
-	if *uciPath != "" {
-		load, path = config.LoadUCI, *uciPath
-	}
-	cfg, err := load(path)
+	cfg, err := load()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mcpagent dhcp-event:", err)
 		return 2

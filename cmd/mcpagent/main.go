@@ -8,6 +8,9 @@
 //	mcpagent dhcp-event -uci FILE -family 4 -event bound -interface wan
 //	                               # from a DHCP client's hook: hand the
 //	                               # agent the options in the environment
+//	mcpagent status [-json] [-uci FILE]
+//	                               # the running agent's uplinks and
+//	                               # relayed connections
 package main
 
 import (
@@ -31,11 +34,15 @@ func main() {
 }
 
 func run() int {
-	if len(os.Args) > 1 && os.Args[1] == "dhcp-event" {
-		return dhcpEvent(os.Args[2:])
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "dhcp-event":
+			return dhcpEvent(os.Args[2:])
+		case "status":
+			return statusCmd(os.Args[2:])
+		}
 	}
-	configPath := flag.String("config", "/etc/mcpagent/mcpagent.yaml", "configuration `file`")
-	uciPath := flag.String("uci", "", "read the OpenWrt UCI `file` (/etc/config/mcpagent) instead of -config")
+	load := configFlags(flag.CommandLine)
 	check := flag.Bool("check", false, "validate the configuration and exit")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
@@ -43,11 +50,7 @@ func run() int {
 		fmt.Println("mcpagent", version)
 		return 0
 	}
-	load, path := config.Load, *configPath
-	if *uciPath != "" {
-		load, path = config.LoadUCI, *uciPath
-	}
-	cfg, err := load(path)
+	cfg, err := load()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mcpagent:", err)
 		return 2
@@ -67,4 +70,18 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// configFlags adds -config and -uci to fs, and returns the function that
+// loads the configuration they name once fs is parsed: the UCI file if -uci
+// is set, else the YAML file.
+func configFlags(fs *flag.FlagSet) func() (*config.Config, error) {
+	yamlPath := fs.String("config", "/etc/mcpagent/mcpagent.yaml", "the agent's configuration `file`")
+	uciPath := fs.String("uci", "", "read the OpenWrt UCI `file` (/etc/config/mcpagent) instead of -config")
+	return func() (*config.Config, error) {
+		if *uciPath != "" {
+			return config.LoadUCI(*uciPath)
+		}
+		return config.Load(*yamlPath)
+	}
 }
