@@ -15,6 +15,7 @@ import (
 	"github.com/mcpagent/mcpagent/firewall"
 	"github.com/mcpagent/mcpagent/intercept"
 	"github.com/mcpagent/mcpagent/mptcpleg"
+	"github.com/mcpagent/mcpagent/mptcppm"
 	"github.com/mcpagent/mcpagent/policy"
 	"github.com/mcpagent/mcpagent/relay"
 	"github.com/mcpagent/mcpagent/route"
@@ -52,7 +53,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	for i, u := range cfg.Uplinks {
 		uplinks[i] = route.Uplink{Name: u.Name, Interface: u.Interface, Table: cfg.Routing.TableBase + 1 + i}
 	}
-	eps, err := newEndpointSync(cfg.MaxSubflows, log.With("component", "endpoints"))
+	eps, err := newEndpointSync(cfg.MaxSubflows, cfg.ControlSocket+".limits", log.With("component", "endpoints"))
 	if err != nil {
 		return err
 	}
@@ -86,14 +87,25 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	conv.onPath, conv.source, conv.sources = onPath, cfg.MCP.Source(), ups.initialSources
 	var probes sync.WaitGroup
 	undo = append(undo, func() { cancelLegs(); probes.Wait(); conv.close() })
+	kick := make(chan int, 1)
 	if !onPath {
 		// On path there is no MCP address to probe toward: the uplinks
 		// count as healthy while they are up.
 		probes.Add(1)
 		go func() {
 			defer probes.Done()
-			ups.probeUplinks(legCtx, pol.Preferred, time.Duration(cfg.Probe.Interval), time.Duration(cfg.Probe.Timeout))
+			ups.probeUplinks(legCtx, pol.Preferred, time.Duration(cfg.Probe.Interval), time.Duration(cfg.Probe.Timeout), kick)
 		}()
+	}
+	if events, err := mptcppm.ListenEvents(); err != nil {
+		log.Warn("no path manager events: subflows are not followed", "err", err)
+	} else {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			ups.watchSubflows(events, kick)
+		}()
+		undo = append(undo, func() { events.Close(); <-done })
 	}
 
 	legs := newLegRegistry()

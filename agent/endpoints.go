@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -33,6 +34,8 @@ type endpointSync struct {
 	want      map[netip.Addr]mptcppm.Endpoint
 	later     *time.Timer // deferred removals; nil when none is due
 	oldLimits mptcppm.Limits
+	// limitsFile holds oldLimits while the agent runs.
+	limitsFile string
 }
 
 // makeBeforeBreak is how long removals wait for the subflows of the
@@ -46,24 +49,44 @@ const makeBeforeBreak = 1500 * time.Millisecond
 // that a leg that lost its initial subflow gets one back on every uplink in
 // use (the plan uses at most maxSubflows uplinks, one endpoint each per
 // family). A leg accepts maxSubflows-1 addresses the MCP announces.
-func newEndpointSync(maxSubflows int, log *slog.Logger) (*endpointSync, error) {
+//
+// The limits found are saved in limitsFile until close restores them, so
+// that a run after a crash restores the system's, not the crashed run's.
+func newEndpointSync(maxSubflows int, limitsFile string, log *slog.Logger) (*endpointSync, error) {
 	pm, err := mptcppm.Dial()
 	if err != nil {
 		return nil, fmt.Errorf("open MPTCP path manager: %w", err)
 	}
-	old, err := pm.Limits()
+	old, err := savedLimits(pm, limitsFile)
 	if err != nil {
 		pm.Close()
-		return nil, fmt.Errorf("read MPTCP limits: %w", err)
+		return nil, err
 	}
 	want := mptcppm.Limits{Subflows: uint32(maxSubflows), AddAddrAccepted: uint32(maxSubflows - 1)}
-	if want != old {
-		if err := pm.SetLimits(want); err != nil {
-			pm.Close()
-			return nil, fmt.Errorf("set MPTCP limits to %+v: %w", want, err)
+	if err := pm.SetLimits(want); err != nil {
+		pm.Close()
+		return nil, fmt.Errorf("set MPTCP limits to %+v: %w", want, err)
+	}
+	return &endpointSync{log: log, pm: pm, ours: map[netip.Addr]mptcppm.Endpoint{}, oldLimits: old, limitsFile: limitsFile}, nil
+}
+
+// savedLimits returns the limits a crashed run saved in file, or else the
+// kernel's, which it saves there.
+func savedLimits(pm *mptcppm.Client, file string) (mptcppm.Limits, error) {
+	var l mptcppm.Limits
+	if b, err := os.ReadFile(file); err == nil {
+		if _, err := fmt.Sscanf(string(b), "add_addr_accepted %d subflows %d\n", &l.AddAddrAccepted, &l.Subflows); err == nil && l.AddAddrAccepted <= 8 && l.Subflows <= 8 {
+			return l, nil
 		}
 	}
-	return &endpointSync{log: log, pm: pm, ours: map[netip.Addr]mptcppm.Endpoint{}, oldLimits: old}, nil
+	l, err := pm.Limits()
+	if err != nil {
+		return l, fmt.Errorf("read MPTCP limits: %w", err)
+	}
+	if err := os.WriteFile(file, fmt.Appendf(nil, "add_addr_accepted %d subflows %d\n", l.AddAddrAccepted, l.Subflows), 0o600); err != nil {
+		return l, fmt.Errorf("save MPTCP limits: %w", err)
+	}
+	return l, nil
 }
 
 // apply makes the endpoints match the uplinks' addresses in states, each
@@ -189,6 +212,8 @@ func (e *endpointSync) close() {
 	}
 	if err := e.pm.SetLimits(e.oldLimits); err != nil {
 		e.log.Warn("restore MPTCP limits", "err", err)
+	} else {
+		os.Remove(e.limitsFile)
 	}
 	e.pm.Close()
 	e.pm = nil

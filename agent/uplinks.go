@@ -2,13 +2,16 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/mcpagent/mcpagent/config"
+	"github.com/mcpagent/mcpagent/mptcppm"
 	"github.com/mcpagent/mcpagent/policy"
 	"github.com/mcpagent/mcpagent/route"
 )
@@ -139,32 +142,41 @@ func (m *uplinkManager) probeTargets(target netip.Addr) []netip.Addr {
 // the MCP that target returns (none: no probe this round): a TCP handshake
 // from the uplink's address, which its source rule routes out of that
 // uplink. A handshake says more than ICMP would: a captive portal or a
-// filter on the way answers pings too (RFC 8041 section 3.10).
-func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.AddrPort, bool), interval, timeout time.Duration) {
+// filter on the way answers pings too (RFC 8041 section 3.10). An uplink
+// received from kick is probed at once.
+func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.AddrPort, bool), interval, timeout time.Duration, kick <-chan int) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for {
-		if mcp, ok := target(); ok {
-			for i, src := range m.probeTargets(mcp.Addr()) {
-				if !src.IsValid() {
-					continue
-				}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					err := probeHandshake(ctx, src, mcp, timeout)
-					if ctx.Err() == nil {
-						m.probed(i, err)
-					}
-				}()
-			}
+	probe := func(only int) {
+		mcp, ok := target()
+		if !ok {
+			return
 		}
+		for i, src := range m.probeTargets(mcp.Addr()) {
+			if !src.IsValid() || only >= 0 && i != only {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := probeHandshake(ctx, src, mcp, timeout)
+				if ctx.Err() == nil {
+					m.probed(i, err)
+				}
+			}()
+		}
+	}
+	probe(-1)
+	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			probe(-1)
+		case i := <-kick:
+			probe(i)
 		}
 	}
 }
@@ -181,4 +193,60 @@ func probeHandshake(ctx context.Context, src netip.Addr, dst netip.AddrPort, tim
 	}
 	abort(c.(*net.TCPConn))
 	return nil
+}
+
+// eventSource is the path manager's event stream (*mptcppm.EventConn).
+type eventSource interface {
+	Receive() ([]mptcppm.Event, error)
+}
+
+// watchSubflows logs, from the path manager's events, each subflow that
+// joins or closes, with its uplink, until events fails for good (its Close
+// ends it). A subflow that closed with an error over an uplink in use
+// sends that uplink to kick, for a probe at once: a reset from the network
+// says sooner than the next probe that the path may be gone.
+func (m *uplinkManager) watchSubflows(events eventSource, kick chan<- int) {
+	for {
+		evs, err := events.Receive()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			// Lost or undecodable events only cost log lines and kicks.
+			m.log.Debug("path manager events", "err", err)
+		}
+		for _, ev := range evs {
+			if ev.Type != mptcppm.EventSubEstablished && ev.Type != mptcppm.EventSubClosed {
+				continue
+			}
+			i, used := m.uplinkOf(ev.Saddr)
+			name := "?"
+			if i >= 0 {
+				name = m.cfg[i].Name
+			}
+			m.log.Debug("subflow "+strings.TrimPrefix(ev.Type.String(), "sub_"), "uplink", name, "token", ev.Token,
+				"local", netip.AddrPortFrom(ev.Saddr, ev.Sport), "remote", netip.AddrPortFrom(ev.Daddr, ev.Dport), "backup", ev.Backup, "errno", ev.Error)
+			if ev.Type == mptcppm.EventSubClosed && ev.Error != 0 && used {
+				select {
+				case kick <- i:
+				default: // a probe is already due
+				}
+			}
+		}
+	}
+}
+
+// uplinkOf returns the uplink whose address a is, and whether the plan
+// uses it; -1 if a is no uplink's.
+func (m *uplinkManager) uplinkOf(a netip.Addr) (int, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, s := range m.states {
+		for _, p := range s.Addrs {
+			if p.Addr() == a {
+				return i, i < len(m.plan.Use) && m.plan.Use[i] != policy.UseNone
+			}
+		}
+	}
+	return -1, false
 }

@@ -115,6 +115,11 @@ func TestIntegrationOnPath(t *testing.T) {
 		}
 		checkOnPathSYN(t, up.Stop(), []byte{30, 8, 0xe8, 6, 10, 0, 1, 2})
 		checkServerSYN(t, srv.Stop(), cpeDSL, false)
+		// A leg that failed would go direct, from the same NAT address:
+		// only the counters tell the preserved source from a fallback.
+		if c := b.status(t).Counters; c["converted"] == 0 || c["fallback"] != 0 {
+			t.Errorf("counters %v: want the download converted, no fallback", c)
+		}
 	})
 
 	t.Run("source option ignored without -preserve-source", func(t *testing.T) {

@@ -91,3 +91,24 @@ func TestDecideOnPath(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDecideOnPath: whatever SYN arrives, the on-path MCP takes over only
+// an MP_CAPABLE SYN with an empty MP_CONVERT, checks only MP_JOINs, and
+// never panics.
+func FuzzDecideOnPath(f *testing.F) {
+	f.Add([]byte{0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 1, 2, 203, 0, 113, 10, 0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 2, 0xff, 0xff, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		s, err := intercept.ParseSYN(pkt)
+		if err != nil {
+			return
+		}
+		switch a := decideOnPath(s); {
+		case a == terminate && (s.MPTCP != intercept.NativeCapable || s.MPConvert != intercept.MPConvertEmpty):
+			t.Fatalf("took over %+v", s)
+		case a == checkJoin && s.MPTCP != intercept.NativeJoin:
+			t.Fatalf("checked a join token of %+v", s)
+		case a == ignoreConvert && s.MPTCP == intercept.NativeCapable:
+			t.Fatalf("ignored the MP_CONVERT of an MP_CAPABLE SYN %+v", s)
+		}
+	})
+}

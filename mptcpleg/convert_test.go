@@ -380,3 +380,26 @@ func FuzzAppendHeader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseHeaderPrefixes checks what reading a header from a stream
+// relies on (mcpgw reads until ParseHeader stops saying ErrTruncated):
+// every prefix of the input is either truncated or decodes exactly as the
+// whole input does, and once a prefix decides, longer ones agree.
+func FuzzParseHeaderPrefixes(f *testing.F) {
+	f.Add([]byte{30, 10, 0xe0, 6, 192, 0, 2, 1, 1, 187, 0, 'G', 'E', 'T'})
+	f.Add([]byte{30, 4, 0xe0, 6, 30, 8, 0xe8, 6, 10, 0, 1, 2, 0})
+	f.Add([]byte{30, 22, 0xe0, 6, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 80, 0})
+	f.Add([]byte{30, 9, 0xe0, 6})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		whole, wn, werr := ParseHeader(b)
+		for k := 0; k < len(b); k++ {
+			opts, n, err := ParseHeader(b[:k])
+			if errors.Is(err, ErrTruncated) {
+				continue
+			}
+			if (err == nil) != (werr == nil) || n != wn || !cmp.Equal(opts, whole, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })) {
+				t.Fatalf("prefix %x decides %v, %d, %v; the whole %x decides %v, %d, %v", b[:k], opts, n, err, b, whole, wn, werr)
+			}
+		}
+	})
+}

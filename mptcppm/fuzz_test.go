@@ -96,3 +96,29 @@ func FuzzParseEvent(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseLimits: the limits decoder never panics, and what it accepts
+// encodes back to limits that decode the same.
+func FuzzParseLimits(f *testing.F) {
+	for _, l := range []Limits{{}, {AddAddrAccepted: 1, Subflows: 2}, {AddAddrAccepted: 8, Subflows: 8}} {
+		b, err := encodeLimits(l)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{8, 0, 9, 0, 1, 0, 0, 0}) // subflows only
+	f.Fuzz(func(t *testing.T, b []byte) {
+		l, err := parseLimits(b)
+		if err != nil {
+			return
+		}
+		again, err := encodeLimits(l)
+		if err != nil {
+			t.Fatalf("encode %+v: %v", l, err)
+		}
+		if l2, err := parseLimits(again); err != nil || l2 != l {
+			t.Fatalf("round trip of %+v gave %+v, %v", l, l2, err)
+		}
+	})
+}

@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/mcpagent/mcpagent/config"
+	"github.com/mcpagent/mcpagent/mptcppm"
+	"github.com/mcpagent/mcpagent/policy"
+	"github.com/mcpagent/mcpagent/route"
+)
+
+// fakeEvents hands out canned batches of events, then net.ErrClosed.
+type fakeEvents [][]mptcppm.Event
+
+func (f *fakeEvents) Receive() ([]mptcppm.Event, error) {
+	if len(*f) == 0 {
+		return nil, net.ErrClosed
+	}
+	evs := (*f)[0]
+	*f = (*f)[1:]
+	return evs, nil
+}
+
+// testUplinks is an uplink manager over dsl (active, up) and lte (on-demand,
+// up but unused), with no path manager behind it.
+func testUplinks(t *testing.T) *uplinkManager {
+	t.Helper()
+	cfg, err := config.Parse([]byte("lan_interfaces: [lan0]\nuplinks: [{name: dsl, interface: wan0}, {name: lte, interface: wan1, role: on-demand}]\nmcp: {servers: [198.51.100.1]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newUplinkManager(cfg, &endpointSync{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m.update([]route.UplinkState{
+		{Name: "dsl", Interface: "wan0", Index: 3, Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.0.1.2/24")}},
+		{Name: "lte", Interface: "wan1", Index: 4, Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("100.64.0.2/24")}},
+	})
+	return m
+}
+
+func TestWatchSubflowsKicksTheProbe(t *testing.T) {
+	m := testUplinks(t)
+	dsl, lte := netip.MustParseAddr("10.0.1.2"), netip.MustParseAddr("100.64.0.2")
+	events := &fakeEvents{
+		{{Type: mptcppm.EventSubEstablished, Saddr: dsl}},                                   // no kick: it joined
+		{{Type: mptcppm.EventSubClosed, Saddr: dsl}},                                        // no kick: closed cleanly
+		{{Type: mptcppm.EventSubClosed, Saddr: lte, Error: 104}},                            // no kick: lte is not in use
+		{{Type: mptcppm.EventSubClosed, Saddr: dsl, Error: 104}},                            // kick dsl
+		{{Type: mptcppm.EventSubClosed, Saddr: dsl, Error: 110}},                            // a kick is already due
+		{{Type: mptcppm.EventCreated, Saddr: dsl, Error: 110}},                              // not a subflow event
+		{{Type: mptcppm.EventSubClosed, Saddr: netip.MustParseAddr("192.0.2.9"), Error: 1}}, // no uplink's
+	}
+	kick := make(chan int, 1)
+	m.watchSubflows(events, kick)
+	select {
+	case i := <-kick:
+		if i != 0 {
+			t.Errorf("kicked uplink %d, want 0 (dsl)", i)
+		}
+	default:
+		t.Fatal("no kick for a subflow of dsl closed with an error")
+	}
+	if len(kick) != 0 {
+		t.Error("more than one kick")
+	}
+}
+
+func TestInitialSourcesAndProbeTargets(t *testing.T) {
+	m := testUplinks(t)
+	mcp := netip.MustParseAddr("198.51.100.1")
+	if got := m.initialSources(mcp); len(got) != 1 || got[0] != netip.MustParseAddr("10.0.1.2") {
+		t.Errorf("initial sources %v, want only dsl's address", got)
+	}
+	if got := m.initialSources(netip.MustParseAddr("2001:db8::1")); len(got) != 0 {
+		t.Errorf("initial sources for an IPv6 MCP %v, want none (no uplink has IPv6)", got)
+	}
+	// The unused on-demand uplink is not probed: it must stay silent.
+	if got := m.probeTargets(mcp); got[0] != netip.MustParseAddr("10.0.1.2") || got[1].IsValid() {
+		t.Errorf("probe sources %v, want dsl's address and none for lte", got)
+	}
+	m.probed(0, net.ErrClosed)
+	m.probed(0, net.ErrClosed)
+	if m.plan.Use[0] != policy.UseNone || m.plan.Use[1] != policy.UseActive {
+		t.Fatalf("after dsl failed its probes the plan is %v, want lte taking over", m.plan.Use)
+	}
+	if got := m.probeTargets(mcp); !got[0].IsValid() || !got[1].IsValid() {
+		t.Errorf("probe sources %v, want both: dsl to see it return, lte now that it is used", got)
+	}
+	if got := m.initialSources(mcp); len(got) != 1 || got[0] != netip.MustParseAddr("100.64.0.2") {
+		t.Errorf("initial sources %v, want only lte's address", got)
+	}
+}
