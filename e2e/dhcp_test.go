@@ -144,7 +144,7 @@ func TestIntegrationDHCPInform(t *testing.T) {
 	netnstest.RequireTool(t, "dnsmasq", "udhcpc", "busybox")
 	b := newBed(t, 1)
 	b.Run(t, "mcp", "ip", "addr", "add", mcpAddr2+"/24", "dev", "eth0")
-	b.startGW()
+	b.startGW("-listen", mcpAddr2+":"+mcpPort)
 	name := b.fileOfSize(1)
 	b.startDNSMasq("core", "dsl0", "10.0.1.0", "", "", "224,"+mcpAddr)
 	lte := b.startDNSMasq("cgn", "lte0", "100.64.0.0", b.mac("cpe", "wan1"), "100.64.0.2", "224,"+mcpAddr2)
@@ -166,6 +166,17 @@ func TestIntegrationDHCPInform(t *testing.T) {
 	b.fetchOK(t, name)
 	if got := legsTo(t, cap.Stop()); got[mcpAddr] != 1 || len(got) != 1 {
 		t.Errorf("legs per MCP %v, want one to the primary uplink's %s", got, mcpAddr)
+	}
+
+	// With the DSL side's MCP refusing legs, the one learned on the LTE
+	// side carries the connections.
+	b.Run(t, "mcp", "iptables", "-I", "INPUT", "-d", mcpAddr, "-p", "tcp", "--dport", mcpPort, "-j", "REJECT", "--reject-with", "tcp-reset")
+	cap = b.Capture(t, "mcp", "eth0", "tcp port "+mcpPort)
+	for range 2 {
+		b.fetchOK(t, name)
+	}
+	if got := legsTo(t, cap.Stop()); got[mcpAddr2] == 0 {
+		t.Errorf("legs per MCP %v, want the LTE side's %s in use", got, mcpAddr2)
 	}
 
 	// The client's lease is untouched: no event since bound, the

@@ -71,7 +71,7 @@ func TestIntegrationUplinks(t *testing.T) {
 		// The network drops whatever the DSL line sends toward the MCP.
 		rule := []string{"FORWARD", "-s", "10.0.1.2", "-d", mcpAddr, "-j", "DROP"}
 		b.Run(t, "core", "iptables", append([]string{"-I"}, rule...)...)
-		b.waitLog(t, "uplink unhealthy", "uplink=dsl")
+		waitLine(t, b.agent, "uplink unhealthy", "uplink=dsl")
 		wan0, wan1 := b.legCapture(t, "wan0"), b.legCapture(t, "wan1")
 		b.mustFetch(t, small)
 		dslSYNs, lteSYNs := mptcpSYNs(t, wan0.Stop()), mptcpSYNs(t, wan1.Stop())
@@ -82,7 +82,7 @@ func TestIntegrationUplinks(t *testing.T) {
 		b.waitStatus(t, all(uplinkIs("dsl", "up", false, "none"), uplinkIs("lte", "up", true, "active"), heldSubflows("lte")))
 		stop()
 		b.Run(t, "core", "iptables", append([]string{"-D"}, rule...)...)
-		b.waitLog(t, "uplink healthy again", "uplink=dsl")
+		waitLine(t, b.agent, "uplink healthy again", "uplink=dsl")
 	})
 
 	t.Run("backup: idle while the primary works, carries the transfer when it fails", func(t *testing.T) {
@@ -148,7 +148,7 @@ func TestIntegrationFailover(t *testing.T) {
 	t.Run("primary silently drops everything mid-transfer", func(t *testing.T) {
 		b.stallDuring(t, mid, maxStall, func() { b.SetLink(t, "dsl", "down") })
 		b.SetLink(t, "dsl", "up")
-		b.waitLog(t, "uplink healthy again", "uplink=dsl")
+		waitLine(t, b.agent, "uplink healthy again", "uplink=dsl")
 	})
 
 	t.Run("primary back: its subflow returns on the running connection", func(t *testing.T) {
@@ -157,7 +157,7 @@ func TestIntegrationFailover(t *testing.T) {
 		var dslAfter uint64
 		b.stallDuring(t, big, maxStall, func() {
 			b.SetLink(t, "dsl", "down")
-			b.waitLog(t, "uplink unhealthy", "uplink=dsl")
+			waitLine(t, b.agent, "uplink unhealthy", "uplink=dsl")
 			time.Sleep(time.Second)
 			dslAfter, _ = b.Counters(t, "cpe", "wan0")
 			restored = time.Now()
@@ -260,7 +260,7 @@ func (b *bed) restoreDSL(t *testing.T) {
 	b.Run(t, "cpe", "ip", "-6", "addr", "replace", "2001:db8:1::2/64", "dev", "wan0", "nodad")
 	b.Run(t, "cpe", "ip", "route", "replace", "default", "via", "10.0.1.1", "dev", "wan0", "metric", "10")
 	b.Run(t, "cpe", "ip", "-6", "route", "replace", "default", "via", "2001:db8:1::1", "dev", "wan0")
-	b.waitLog(t, "MPTCP endpoint added", "addr=10.0.1.2")
+	waitLine(t, b.agent, "MPTCP endpoint added", "addr=10.0.1.2")
 }
 
 // status returns what `mcpagent status -json` prints in the CPE.
@@ -416,7 +416,7 @@ func (b *bed) fetchWhileFailing(t *testing.T, name, link string) {
 	}
 	<-failed
 	b.SetLink(t, link, "up")
-	b.waitLog(t, "uplink healthy again", "uplink="+link)
+	waitLine(t, b.agent, "uplink healthy again", "uplink="+link)
 }
 
 // legCapture captures the CPE's traffic with the MCP on uplink interface
@@ -446,29 +446,3 @@ func mptcpSYNs(t *testing.T, pcap string, and ...string) synCounts {
 	return c
 }
 
-// waitLog waits until the running agent has logged a line holding every
-// one of words. It only synchronizes the test with the agent; what the test
-// asserts is read from the wire.
-func (b *bed) waitLog(t *testing.T, words ...string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !logged(b.agent.Output(), words) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent did not log a line with %q within 10 s; its log:\n%s", words, b.agent.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func logged(out string, words []string) bool {
-next:
-	for _, line := range strings.Split(out, "\n") {
-		for _, w := range words {
-			if !strings.Contains(line, w) {
-				continue next
-			}
-		}
-		return true
-	}
-	return false
-}

@@ -8,9 +8,11 @@ import (
 	"debug/elf"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,7 +39,7 @@ type member struct {
 // as opkg would and checks what lands on the router.
 func TestIPK(t *testing.T) {
 	requireBuildTools(t)
-	path := buildIPK(t, t.TempDir())
+	path := buildIPK(t, arch, t.TempDir())
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -172,6 +174,19 @@ func TestIPK(t *testing.T) {
 		if st.Size() > maxBinarySize {
 			t.Errorf("usr/sbin/mcpagent is %d bytes, more than %d", st.Size(), maxBinarySize)
 		}
+		// The README states the size; keep it true.
+		readme, err := os.ReadFile("../README.md")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(`mcpagent for mipsle: about ([0-9.]+) MB stripped`).FindSubmatch(readme)
+		if m == nil {
+			t.Fatal("README.md does not state the mipsle binary's size (\"mcpagent for mipsle: about N MB stripped\")")
+		}
+		stated, _ := strconv.ParseFloat(string(m[1]), 64)
+		if actual := float64(st.Size()) / (1 << 20); math.Abs(actual-stated) > 0.15 {
+			t.Errorf("README.md says the mipsle binary is about %.1f MB; it is %.2f MB", stated, actual)
+		}
 	})
 
 	t.Run("binary accepts the shipped configuration on a MIPS CPU", func(t *testing.T) {
@@ -223,11 +238,11 @@ func TestIPK(t *testing.T) {
 // the same bytes.
 func TestIPKReproducible(t *testing.T) {
 	requireBuildTools(t)
-	a, err := os.ReadFile(buildIPK(t, t.TempDir()))
+	a, err := os.ReadFile(buildIPK(t, arch, t.TempDir()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(buildIPK(t, t.TempDir()))
+	b, err := os.ReadFile(buildIPK(t, arch, t.TempDir()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +260,7 @@ func requireBuildTools(t *testing.T) {
 
 // buildIPK runs scripts/ipk.sh for arch into dir and returns the package.
 // Version and date come from git, as for `make ipk`.
-func buildIPK(t *testing.T, dir string) string {
+func buildIPK(t *testing.T, arch, dir string) string {
 	t.Helper()
 	cmd := exec.Command("bash", "scripts/ipk.sh", arch, dir)
 	cmd.Dir = ".."
@@ -377,4 +392,54 @@ func run(t *testing.T, dir, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr.Bytes())
 	}
 	return string(out)
+}
+
+// TestIPKEveryArch builds the package for every architecture ipk.sh
+// knows besides the one TestIPK unpacks, and checks what differs between
+// them: the control file's Architecture and the binary's CPU.
+func TestIPKEveryArch(t *testing.T) {
+	requireBuildTools(t)
+	for _, tt := range []struct {
+		arch    string
+		class   elf.Class
+		order   elf.Data
+		machine elf.Machine
+	}{
+		{"mips_24kc", elf.ELFCLASS32, elf.ELFDATA2MSB, elf.EM_MIPS},
+		{"aarch64_cortex-a53", elf.ELFCLASS64, elf.ELFDATA2LSB, elf.EM_AARCH64},
+		{"arm_cortex-a7_neon-vfpv4", elf.ELFCLASS32, elf.ELFDATA2LSB, elf.EM_ARM},
+		{"x86_64", elf.ELFCLASS64, elf.ELFDATA2LSB, elf.EM_X86_64},
+	} {
+		t.Run(tt.arch, func(t *testing.T) {
+			path := buildIPK(t, tt.arch, t.TempDir())
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			outer, _ := readTarGz(t, b)
+			data, _ := readTarGz(t, find(t, outer, "./data.tar.gz").body)
+			control, _ := readTarGz(t, find(t, outer, "./control.tar.gz").body)
+			if got := controlFields(t, find(t, control, "./control").body)["Architecture"]; got != tt.arch {
+				t.Errorf("Architecture %q, want %q", got, tt.arch)
+			}
+			bin := find(t, data, "./usr/sbin/mcpagent").body
+			f, err := elf.NewFile(bytes.NewReader(bin))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if f.Class != tt.class || f.Data != tt.order || f.Machine != tt.machine || f.Section(".symtab") != nil {
+				t.Errorf("ELF %v %v %v (symbols %v), want %v %v %v stripped", f.Class, f.Data, f.Machine, f.Section(".symtab") != nil, tt.class, tt.order, tt.machine)
+			}
+			for _, p := range f.Progs {
+				if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+					t.Errorf("program header %v: not statically linked", p.Type)
+				}
+			}
+			t.Logf("usr/sbin/mcpagent: %d bytes", len(bin))
+			if len(bin) > maxBinarySize {
+				t.Errorf("usr/sbin/mcpagent is %d bytes, more than %d", len(bin), maxBinarySize)
+			}
+		})
+	}
 }
