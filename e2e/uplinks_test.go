@@ -445,4 +445,3 @@ func mptcpSYNs(t *testing.T, pcap string, and ...string) synCounts {
 	}
 	return c
 }
-
