@@ -114,20 +114,18 @@ func startEcho(t *testing.T, ap netip.AddrPort) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-// dialCounter is a Config.Dial that counts and records its calls and
-// really dials, over plain TCP.
+// dialCounter is a Config.Dial that records the destination of its calls
+// and really dials, as the default does.
 type dialCounter struct {
 	mu    sync.Mutex
 	addrs []string
 }
 
-func (d *dialCounter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+func (d *dialCounter) dial(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	d.mu.Lock()
-	d.addrs = append(d.addrs, addr)
+	d.addrs = append(d.addrs, dst.String())
 	d.mu.Unlock()
-	var nd net.Dialer
-	nd.SetMultipathTCP(false)
-	return nd.DialContext(ctx, network, addr)
+	return dialServer(ctx, src, dst)
 }
 
 func (d *dialCounter) calls() []string {

@@ -87,10 +87,11 @@ type Config struct {
 	// Logger receives the logs; nil discards them. Per-leg events are at
 	// Debug, starting and stopping at Info.
 	Logger *slog.Logger
-	// Dial connects to a destination; network is "tcp" and addr an
-	// ip:port. It must return a *net.TCPConn. Nil means a net.Dialer with
-	// Multipath TCP off.
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Dial connects to dst over plain TCP, from src when src is valid (a
+	// preserved source: a transparent bind) or else from the MCP's own
+	// address. It must return a *net.TCPConn. It is the only way the
+	// Server opens connections. Nil means dialServer.
+	Dial func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
 }
 
 // Stats are a Server's counters since New.
@@ -112,7 +113,7 @@ type Stats struct {
 type Server struct {
 	cfg   Config // defaults filled in, prefixes normalized
 	log   *slog.Logger
-	dial  func(ctx context.Context, network, addr string) (net.Conn, error)
+	dial  func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
 	own   *ownAddrs
 	ready chan struct{}
 
@@ -190,9 +191,7 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if s.dial == nil {
-		var d net.Dialer
-		d.SetMultipathTCP(false)
-		s.dial = d.DialContext
+		s.dial = dialServer
 	}
 	s.own = &ownAddrs{list: net.InterfaceAddrs}
 	for _, ap := range cfg.Listen {
@@ -416,13 +415,10 @@ func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay,
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	var nc net.Conn
 	if src.IsValid() {
 		log = log.With("src", src.String())
-		nc, err = dialTransparent(dctx, src, dst)
-	} else {
-		nc, err = s.dial(dctx, "tcp", dst.String())
 	}
+	nc, err := s.dial(dctx, src, dst)
 	cancel()
 	if err != nil {
 		fail(s.failReason(ctx, ReasonDialFailed), err)
@@ -511,6 +507,17 @@ func (s *Server) readHeader(ctx context.Context, c *net.TCPConn) (opts []mptcple
 			return nil, nil, ReasonReadError, rerr
 		}
 	}
+}
+
+// dialServer is the default Config.Dial: plain TCP to dst, from src by a
+// transparent bind when src is valid.
+func dialServer(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	if src.IsValid() {
+		return dialTransparent(ctx, src, dst)
+	}
+	var d net.Dialer
+	d.SetMultipathTCP(false)
+	return d.DialContext(ctx, "tcp", dst.String())
 }
 
 // admit counts a new leg from client, unless client is at the limit.
