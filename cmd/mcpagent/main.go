@@ -24,6 +24,7 @@ import (
 
 	"github.com/mcpagent/mcpagent/agent"
 	"github.com/mcpagent/mcpagent/config"
+	"github.com/mcpagent/mcpagent/internal/cpuprofile"
 )
 
 // version is set at link time (-X main.version=...).
@@ -45,6 +46,7 @@ func run() int {
 	load := configFlags(flag.CommandLine)
 	check := flag.Bool("check", false, "validate the configuration and exit")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	cpuProfile := flag.String("cpuprofile", "", "debugging: write a CPU profile to `file` until the agent stops")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("mcpagent", version)
@@ -63,6 +65,12 @@ func run() int {
 	level.UnmarshalText([]byte(cfg.LogLevel)) // checked by config
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	stopProfile, err := cpuprofile.Start(*cpuProfile)
+	if err != nil {
+		log.Error("mcpagent stopped", "err", err)
+		return 1
+	}
+	defer stopProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := agent.Run(ctx, cfg, log); err != nil {

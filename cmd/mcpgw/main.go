@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mcpagent/mcpagent/internal/cpuprofile"
 	"github.com/mcpagent/mcpagent/mcpgw"
 )
 
@@ -68,6 +69,7 @@ func run(args []string) error {
 	table := fs.Int("table", mcpgw.DefaultOnPathTable, "on-path: routing table for local delivery")
 	rulePref := fs.Int("rule-pref", mcpgw.DefaultOnPathRulePref, "on-path: priority of the routing rule")
 	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client address")
+	cpuProfile := fs.String("cpuprofile", "", "debugging: write a CPU profile to `file` until mcpgw stops")
 	maxSubflows := fs.Uint("max-subflows", mcpgw.DefaultMaxSubflows, "additional subflows per MPTCP connection")
 	idle := fs.Duration("idle-timeout", 2*time.Hour, "close legs idle for this long (0: never)")
 	logLevel := fs.String("log-level", "info", "debug or info")
@@ -134,6 +136,11 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	stopProfile, err := cpuprofile.Start(*cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return srv.Serve(ctx)
