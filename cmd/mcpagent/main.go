@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/mcpagent/mcpagent/agent"
@@ -65,6 +66,14 @@ func run() int {
 	level.UnmarshalText([]byte(cfg.LogLevel)) // checked by config
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	if os.Getenv("GOGC") == "" {
+		// A router is shorter of memory than of CPU: collect when the
+		// heap has grown by half, not doubled. Measured with make bench:
+		// RSS growth per 1,000 idle relayed connections 5.3 -> 3.6 MB,
+		// CPU per GB relayed unchanged (the relay allocates nothing per
+		// byte).
+		debug.SetGCPercent(50)
+	}
 	stopProfile, err := cpuprofile.Start(*cpuProfile)
 	if err != nil {
 		log.Error("mcpagent stopped", "err", err)
