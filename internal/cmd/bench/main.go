@@ -23,13 +23,17 @@ import (
 
 // Addresses of the testbed (scripts/testbed.sh).
 const (
-	serverV4   = "203.0.113.10"
-	mcpAddr    = "198.51.100.1"
-	iperfPort  = "5201"
-	httpAddr   = serverV4 + ":8080"
-	echoAddr   = serverV4 + ":9000"
-	cpeDSLAddr = "10.0.1.2"
-	cpeLTEAddr = "100.64.0.2"
+	serverV4  = "203.0.113.10"
+	mcpAddr   = "198.51.100.1"
+	iperfPort = "5201"
+	httpAddr  = serverV4 + ":8080"
+	echoAddr  = serverV4 + ":9000"
+	// capEchoAddr serves the stepped connection figure alone, so that the
+	// sockets other figures left in TIME_WAIT cannot collide with its
+	// connections.
+	capEchoAddr = serverV4 + ":9001"
+	cpeDSLAddr  = "10.0.1.2"
+	cpeLTEAddr  = "100.64.0.2"
 )
 
 // options are the command line's settings.
@@ -325,6 +329,12 @@ func (b *bench) unshapedPhase(r *runner) {
 	directP99 := map[int]float64{}
 	b.measure(r, tb, func(sr *runner, s *system, p *proc, rep int) {
 		tb.Start(sr, "srv", "echo.log", "listening", b.self, "echo", echoAddr)
+		// The stepped figure first, on an echo server of its own: the
+		// sockets earlier figures left in TIME_WAIT would collide with
+		// its few connections.
+		tb.Start(sr, "srv", "echo-cap.log", "listening", b.self, "echo", capEchoAddr)
+		capacity, ccmd, err := b.connCapacity(tb)
+		b.res.add(figConnCapacity, s.id, "/s", ccmd, capacity, err)
 		args := []string{"connrate", echoAddr, strconv.Itoa(o.connRate), o.connFor.String()}
 		cr, err := b.connRate(tb, args)
 		cmd := "lan: bench " + strings.Join(args, " ")
@@ -343,6 +353,36 @@ func (b *bench) unshapedPhase(r *runner) {
 			b.res.add(figConnAddedP99, s.id, "ms", cmd+"; minus the p99 of (a) in the same repetition", cr.P99-d, err)
 		}
 	})
+}
+
+// capacitySteps are the offered rates connCapacity tries, in order.
+var capacitySteps = []int{250, 500, 1000, 1500, 2000, 3000, 4000, 5000}
+
+// connCapacity offers rising connection rates, 2 s each, and returns the
+// highest at which every connection was set up with a setup p99 of at most
+// 5 ms: what the system sustains before connections start to queue. An
+// open loop beyond that rate only measures the queue, so the figure at
+// -conn-rate says less about a system than where it stops keeping up.
+func (b *bench) connCapacity(tb *testbed.Testbed) (float64, string, error) {
+	const step, bound = 2 * time.Second, 5.0
+	cmd := fmt.Sprintf("lan: bench connrate %s R %v, for R in %v until one fails or its p99 exceeds %v ms", capEchoAddr, step, capacitySteps, bound)
+	best := 0
+	for _, rate := range capacitySteps {
+		if rate > b.o.connRate {
+			break
+		}
+		cr, err := b.connRate(tb, []string{"connrate", capEchoAddr, strconv.Itoa(rate), step.String()})
+		if err != nil || cr.Succeeded < cr.Offered || cr.P99 > bound {
+			break
+		}
+		best = rate
+		// Let the sockets of this step close before the next.
+		time.Sleep(time.Second)
+	}
+	if best == 0 {
+		return 0, cmd, fmt.Errorf("not even %d/s with p99 ≤ %v ms", capacitySteps[0], bound)
+	}
+	return float64(best), cmd, nil
 }
 
 // rss measures the router process's resident memory idle, with 1,000 and
