@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // hold opens n connections to the echo server at addr, 200 at a time,
@@ -228,10 +230,23 @@ func subcommand(name string, args []string) {
 		err = connRate(args, os.Stdout)
 	case "echo":
 		err = echo(args, os.Stdout)
+	case "ctflush":
+		err = flushConntrack()
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench "+name+":", err)
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// flushConntrack empties the IPv4 connection-tracking table of the network
+// namespace it runs in: entries a system's NAT or redirect rules left for
+// a 4-tuple would otherwise steer the next system's connection with the
+// same tuple.
+func flushConntrack() error {
+	if err := netlink.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
+		return fmt.Errorf("flush conntrack: %w", err)
+	}
+	return nil
 }
