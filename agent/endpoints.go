@@ -154,6 +154,11 @@ func (e *endpointSync) reconcileLocked() {
 		delete(e.ours, a)
 		e.log.Info("MPTCP endpoint removed", "addr", a)
 	}
+	if len(gone) > 0 {
+		// An address that moved to another interface comes back bound
+		// to the new one.
+		e.addLocked()
+	}
 }
 
 // addLocked adds the endpoints of e.want that are not there yet and
