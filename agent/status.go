@@ -70,7 +70,7 @@ func (m *uplinkManager) snapshot() uplinkSnapshot {
 	for i := range m.cfg {
 		if i < len(m.states) {
 			s.addrs[i] = slices.Clone(m.states[i].Addrs)
-			s.up[i] = m.states[i].Up && len(m.states[i].Addrs) > 0
+			s.up[i] = hasLink(m.states[i])
 		}
 		if i < len(m.plan.Use) {
 			s.use[i] = m.plan.Use[i]

@@ -82,7 +82,7 @@ func (m *uplinkManager) replanLocked() {
 			Role:      u.PolicyRole(),
 			Priority:  u.Priority,
 			Community: u.Community,
-			Up:        m.states[i].Up && len(m.states[i].Addrs) > 0,
+			Up:        hasLink(m.states[i]),
 			Healthy:   m.health[i].Healthy(),
 		}
 	}
@@ -95,6 +95,10 @@ func (m *uplinkManager) replanLocked() {
 	m.plan = plan
 	m.eps.apply(m.states, plan.Use)
 }
+
+// hasLink reports whether the uplink is up with an address to send from:
+// what the plan calls up.
+func hasLink(s route.UplinkState) bool { return s.Up && len(s.Addrs) > 0 }
 
 // initialSources returns the addresses, of remote's family, to try in turn
 // as the source of a new leg's initial subflow: one per uplink of the plan's
