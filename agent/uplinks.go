@@ -147,7 +147,7 @@ func (m *uplinkManager) probeTargets(target netip.Addr) []netip.Addr {
 // from the uplink's address, which its source rule routes out of that
 // uplink. A handshake says more than ICMP would: a captive portal or a
 // filter on the way answers pings too (RFC 8041 section 3.10). An uplink
-// received from kick is probed at once.
+// received from kick is probed at once, at most once per timeout.
 func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.AddrPort, bool), interval, timeout time.Duration, kick <-chan int) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -173,6 +173,7 @@ func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.A
 		}
 	}
 	probe(-1)
+	kicked := make([]time.Time, len(m.cfg)) // when each uplink was last probed on a kick
 	for {
 		select {
 		case <-ctx.Done():
@@ -180,7 +181,13 @@ func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.A
 		case <-tick.C:
 			probe(-1)
 		case i := <-kick:
-			probe(i)
+			// Subflows close with errors in bursts (a leg reset closes
+			// all of its subflows): one extra probe per uplink and
+			// timeout is enough.
+			if now := time.Now(); now.Sub(kicked[i]) >= timeout {
+				kicked[i] = now
+				probe(i)
+			}
 		}
 	}
 }
