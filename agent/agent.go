@@ -14,7 +14,6 @@ import (
 	"github.com/mcpagent/mcpagent/control"
 	"github.com/mcpagent/mcpagent/firewall"
 	"github.com/mcpagent/mcpagent/intercept"
-	"github.com/mcpagent/mcpagent/mptcpleg"
 	"github.com/mcpagent/mcpagent/mptcppm"
 	"github.com/mcpagent/mcpagent/policy"
 	"github.com/mcpagent/mcpagent/relay"
@@ -193,22 +192,16 @@ func fallbackAction(f config.Fallback) policy.Action {
 	return policy.Pass
 }
 
-// probe opens a leg to a down MCP with an empty MP_CONVERT and closes it:
-// the handshake alone shows the MCP is back.
+// probe completes a TCP handshake with a down MCP and resets it: the
+// handshake alone shows the MCP is back. It sends no MP_CONVERT: an empty
+// one is no valid off-path leg, and the MCP's reset for it could beat the
+// handshake's completion and fail the probe of an MCP that is up.
 func probe(ctx context.Context, pol *policy.Policy, mcp netip.AddrPort, timeout time.Duration, log *slog.Logger) {
-	header, err := mptcpleg.AppendHeader(nil, mptcpleg.Option{Protocol: mptcpleg.ProtocolTCP})
-	if err != nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	leg, err := mptcpleg.Dial(ctx, mptcpleg.DialConfig{Remote: mcp, Header: header})
-	if err != nil {
+	if err := probeHandshake(ctx, netip.Addr{}, mcp, timeout); err != nil {
 		// The MCP stays down; DueProbes already restarted its clock.
 		log.Debug("mcp probe failed", "mcp", mcp, "err", err)
 		return
 	}
-	leg.Conn.Close()
 	pol.Succeeded(mcp)
 	log.Info("mcp is up again", "mcp", mcp)
 }

@@ -192,11 +192,15 @@ func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.A
 	}
 }
 
-// probeHandshake completes a plain TCP handshake from src to dst within
-// timeout and resets the connection: the MCP reads no header from it and
-// drops it, and no TIME_WAIT is left on either side.
+// probeHandshake completes a plain TCP handshake from src (invalid: as
+// routing chooses) to dst within timeout and resets the connection: the MCP
+// reads no header from it and drops it, and no TIME_WAIT is left on either
+// side.
 func probeHandshake(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) error {
-	d := net.Dialer{Timeout: timeout, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+	d := net.Dialer{Timeout: timeout}
+	if src.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
 	d.SetMultipathTCP(false)
 	c, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
