@@ -92,7 +92,7 @@ func TestIntegrationConversion(t *testing.T) {
 				t.Errorf("SYN on the uplink %v, want it to the server with MP_CAPABLE (subtype 0)", r)
 			}
 		}
-		if got := tsharkFields(t, gw.Stop(), "tcp", "frame.number"); len(got) != 0 {
+		if got := tsharkFields(t, gw.Stop(), "tcp.options.mptcp.subtype", "frame.number"); len(got) != 0 {
 			t.Errorf("mcpgw's link carried %d packets of the native connection", len(got))
 		}
 	})
@@ -104,8 +104,10 @@ func TestIntegrationConversion(t *testing.T) {
 		if err != nil || sum != want {
 			t.Fatalf("router service: sum %s err %v", sum, err)
 		}
-		if got := tsharkFields(t, wan.Stop(), "tcp", "frame.number"); len(got) != 0 {
-			t.Errorf("a leg to the MCP was opened for a connection to the router: %d packets", len(got))
+		// The agent's uplink probes are plain TCP handshakes to the same
+		// port; a leg is MPTCP from its SYN on.
+		if got := tsharkFields(t, wan.Stop(), "tcp.options.mptcp.subtype", "frame.number"); len(got) != 0 {
+			t.Errorf("a leg to the MCP was opened for a connection to the router: %d MPTCP packets", len(got))
 		}
 	})
 }
