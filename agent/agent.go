@@ -96,7 +96,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 			ups.probeUplinks(legCtx, pol.Preferred, time.Duration(cfg.Probe.Interval), time.Duration(cfg.Probe.Timeout), kick)
 		}()
 	}
-	if events, err := mptcppm.ListenEvents(); err != nil {
+	if events, err := mptcppm.ListenEvents(mptcppm.EventSubClosed); err != nil {
 		log.Warn("no path manager events: subflows are not followed", "err", err)
 	} else {
 		done := make(chan struct{})

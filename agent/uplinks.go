@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -215,11 +214,13 @@ type eventSource interface {
 	Receive() ([]mptcppm.Event, error)
 }
 
-// watchSubflows logs, from the path manager's events, each subflow that
-// joins or closes, with its uplink, until events fails for good (its Close
-// ends it). A subflow that closed with an error over an uplink in use
-// sends that uplink to kick, for a probe at once: a reset from the network
-// says sooner than the next probe that the path may be gone.
+// watchSubflows follows, from the path manager's events, each subflow that
+// closes, until events fails for good (its Close ends it). A subflow that
+// closed with an error over an uplink in use sends that uplink to kick,
+// for a probe at once: a reset from the network says sooner than the next
+// probe that the path may be gone. Other events are ignored; the agent
+// subscribes to sub_closed only (see Run), so that the several events of
+// every connection do not each wake it up.
 func (m *uplinkManager) watchSubflows(events eventSource, kick chan<- int) {
 	for {
 		evs, err := events.Receive()
@@ -231,7 +232,7 @@ func (m *uplinkManager) watchSubflows(events eventSource, kick chan<- int) {
 			m.log.Debug("path manager events", "err", err)
 		}
 		for _, ev := range evs {
-			if ev.Type != mptcppm.EventSubEstablished && ev.Type != mptcppm.EventSubClosed {
+			if ev.Type != mptcppm.EventSubClosed {
 				continue
 			}
 			i, used := m.uplinkOf(ev.Saddr)
@@ -239,9 +240,9 @@ func (m *uplinkManager) watchSubflows(events eventSource, kick chan<- int) {
 			if i >= 0 {
 				name = m.cfg[i].Name
 			}
-			m.log.Debug("subflow "+strings.TrimPrefix(ev.Type.String(), "sub_"), "uplink", name, "token", ev.Token,
+			m.log.Debug("subflow closed", "uplink", name, "token", ev.Token,
 				"local", netip.AddrPortFrom(ev.Saddr, ev.Sport), "remote", netip.AddrPortFrom(ev.Daddr, ev.Dport), "backup", ev.Backup, "errno", ev.Error)
-			if ev.Type == mptcppm.EventSubClosed && ev.Error != 0 && used {
+			if ev.Error != 0 && used {
 				select {
 				case kick <- i:
 				default: // a probe is already due

@@ -50,7 +50,7 @@ func TestWatchSubflowsKicksTheProbe(t *testing.T) {
 		{{Type: mptcppm.EventSubClosed, Saddr: lte, Error: 104}},                            // no kick: lte is not in use
 		{{Type: mptcppm.EventSubClosed, Saddr: dsl, Error: 104}},                            // kick dsl
 		{{Type: mptcppm.EventSubClosed, Saddr: dsl, Error: 110}},                            // a kick is already due
-		{{Type: mptcppm.EventCreated, Saddr: dsl, Error: 110}},                              // not a subflow event
+		{{Type: mptcppm.EventCreated, Saddr: dsl, Error: 110}},                              // not sub_closed
 		{{Type: mptcppm.EventSubClosed, Saddr: netip.MustParseAddr("192.0.2.9"), Error: 1}}, // no uplink's
 	}
 	kick := make(chan int, 1)

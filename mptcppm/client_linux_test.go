@@ -228,7 +228,7 @@ func TestFamilyMissingOrNewer(t *testing.T) {
 			if _, err := newClient(genltest.Dial(tt.fn)); !errors.Is(err, ErrNotSupported) {
 				t.Errorf("newClient = %v, want ErrNotSupported", err)
 			}
-			if _, err := newEventConn(genltest.Dial(tt.fn)); !errors.Is(err, ErrNotSupported) {
+			if _, err := newEventConn(genltest.Dial(tt.fn), nil); !errors.Is(err, ErrNotSupported) {
 				t.Errorf("newEventConn = %v, want ErrNotSupported", err)
 			}
 		})

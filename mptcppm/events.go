@@ -9,6 +9,7 @@ import (
 
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
+	"golang.org/x/net/bpf"
 )
 
 // EventConn receives the path manager's events (the mptcp_pm_events
@@ -30,21 +31,56 @@ type EventConn struct {
 // namespace. It needs CAP_NET_ADMIN there.
 // The error wraps ErrNotSupported when the kernel has no MPTCP path
 // manager.
-func ListenEvents() (*EventConn, error) {
+//
+// With types, only events of those types reach the EventConn: a socket
+// filter drops the others in the kernel. The path manager sends several
+// events for every connection, so a reader that wants a few rare ones
+// should not wake up for each.
+func ListenEvents(types ...EventType) (*EventConn, error) {
 	c, err := dial()
 	if err != nil {
 		return nil, err
 	}
-	return newEventConn(c)
+	return newEventConn(c, types)
 }
 
-// newEventConn joins c to the events group and takes ownership of c,
-// closing it on error.
-func newEventConn(c *genetlink.Conn) (*EventConn, error) {
+// eventFilter returns a classic BPF program that passes the messages whose
+// generic netlink command is one of types. The kernel sends each event in
+// a datagram of its own, so the command is the byte right after the
+// netlink header.
+func eventFilter(types []EventType) ([]bpf.RawInstruction, error) {
+	if len(types) > 255-2 {
+		return nil, fmt.Errorf("%d event types: too many for one filter", len(types))
+	}
+	const cmdOffset = 16 // sizeof(struct nlmsghdr)
+	prog := []bpf.Instruction{bpf.LoadAbsolute{Off: cmdOffset, Size: 1}}
+	for i, t := range types {
+		// On a match, skip the remaining tests and the drop.
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(t), SkipTrue: uint8(len(types) - i)})
+	}
+	prog = append(prog, bpf.RetConstant{Val: 0}, bpf.RetConstant{Val: 0xffffffff})
+	return bpf.Assemble(prog)
+}
+
+// newEventConn joins c to the events group, filtered to types if any,
+// and takes ownership of c, closing it on error.
+func newEventConn(c *genetlink.Conn, types []EventType) (*EventConn, error) {
 	f, err := lookupFamily(c)
 	if err != nil {
 		c.Close()
 		return nil, err
+	}
+	if len(types) > 0 {
+		// Only now: the filter would drop the family lookup's answer,
+		// and before joining, so that no other event gets in.
+		prog, err := eventFilter(types)
+		if err == nil {
+			err = c.SetBPF(prog)
+		}
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("filter mptcp_pm events: %w", err)
+		}
 	}
 	for _, g := range f.Groups {
 		if g.Name != eventsGroup {

@@ -48,12 +48,12 @@ func dialTest(t *testing.T) *Client {
 	return c
 }
 
-// listenEvents returns a channel of the events an EventConn receives; the
-// EventConn is closed and its receiving goroutine waited for when the test
-// ends.
-func listenEvents(t *testing.T) <-chan Event {
+// listenEvents returns a channel of the events an EventConn of types (none:
+// all) receives; the EventConn is closed and its receiving goroutine waited
+// for when the test ends.
+func listenEvents(t *testing.T, types ...EventType) <-chan Event {
 	t.Helper()
-	ec, err := ListenEvents()
+	ec, err := ListenEvents(types...)
 	if err != nil {
 		t.Fatalf("ListenEvents: %v", err)
 	}
@@ -390,6 +390,7 @@ func TestIntegrationEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	events := listenEvents(t)
+	onlySub := listenEvents(t, EventSubEstablished)
 	srv := startEcho(t, "127.0.0.1:0")
 	conn := dialEcho(t, srv)
 	client := conn.LocalAddr().(*net.TCPAddr).AddrPort()
@@ -428,6 +429,25 @@ func TestIntegrationEvents(t *testing.T) {
 	waitEvent(t, events, "client closed", func(ev Event) bool {
 		return ev.Type == EventClosed && ev.Token == token
 	})
+
+	// The filtered listener got the same multicast: the sub_established
+	// events of both ends, and none of the others.
+	subs := 0
+	for deadline := time.After(300 * time.Millisecond); ; {
+		select {
+		case ev := <-onlySub:
+			if ev.Type != EventSubEstablished {
+				t.Errorf("listener of sub_established only got %+v", ev)
+			}
+			subs++
+			continue
+		case <-deadline:
+		}
+		break
+	}
+	if subs == 0 {
+		t.Error("listener of sub_established only got no event")
+	}
 }
 
 func TestIntegrationClose(t *testing.T) {
