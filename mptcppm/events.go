@@ -3,6 +3,7 @@ package mptcppm
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -58,7 +59,10 @@ func eventFilter(types []EventType) ([]bpf.RawInstruction, error) {
 		// On a match, skip the remaining tests and the drop.
 		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(t), SkipTrue: uint8(len(types) - i)})
 	}
-	prog = append(prog, bpf.RetConstant{Val: 0}, bpf.RetConstant{Val: 0xffffffff})
+	// The kernel keeps as many bytes as the filter returns: 0 drops the
+	// message, MaxInt32 keeps all of it (and stays positive where a
+	// filter's result is read as a 32-bit int).
+	prog = append(prog, bpf.RetConstant{Val: 0}, bpf.RetConstant{Val: math.MaxInt32})
 	return bpf.Assemble(prog)
 }
 
