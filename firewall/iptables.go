@@ -286,8 +286,13 @@ func findOurs(listing string, ours map[string]bool) (deletions, chains []string,
 			}
 		case "-A":
 			if !ours[args[1]] && ours[target(args)] {
-				// Keep iptables' own quoting of the rule.
-				deletions = append(deletions, "-D"+strings.TrimSpace(line)[len("-A"):])
+				// Keep iptables' own quoting of the rule, which it
+				// prints after a bare "-A".
+				rule, ok := strings.CutPrefix(strings.TrimSpace(line), "-A ")
+				if !ok {
+					return nil, nil, fmt.Errorf("line %d: a rule that does not start with \"-A \": %q", n+1, line)
+				}
+				deletions = append(deletions, "-D "+rule)
 			}
 		}
 	}

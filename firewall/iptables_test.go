@@ -208,6 +208,7 @@ func TestFindOurs(t *testing.T) {
 		{name: "empty", listing: ""},
 		{name: "prefix of our name is not ours", listing: "-N MCPAGENT_X\n-A INPUT -j MCPAGENT_X\n"},
 		{name: "unterminated quote", listing: "-A INPUT -m comment --comment \"x -j MCPAGENT\n", wantErrMessage: "line 1: unterminated quote"},
+		{name: "quoted -A", listing: "-A INPUT -j ACCEPT\n\"\"-A X -j MCPAGENT\n", wantErrMessage: `line 2: a rule that does not start with "-A ": "\"\"-A X -j MCPAGENT"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
