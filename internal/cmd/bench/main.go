@@ -385,12 +385,21 @@ func (b *bench) connCapacity(tb *testbed.Testbed) (float64, string, error) {
 	const step, bound = 2 * time.Second, 5.0
 	cmd := fmt.Sprintf("lan: bench connrate %s R %v, for R in %v until one fails or its p99 exceeds %v ms", capEchoAddr, step, capacitySteps, bound)
 	best := 0
+	var why string // what ended the steps, for a first step that fails
 	for _, rate := range capacitySteps {
 		if rate > b.o.connRate {
 			break
 		}
 		cr, err := b.connRate(tb, []string{"connrate", capEchoAddr, strconv.Itoa(rate), step.String()})
-		if err != nil || cr.Succeeded < cr.Offered || cr.P99 > bound {
+		if err != nil {
+			why = err.Error()
+			break
+		}
+		if cr.Succeeded < cr.Offered || cr.P99 > bound {
+			why = fmt.Sprintf("%d of %d set up, p50 %.2f ms, p99 %.2f ms", cr.Succeeded, cr.Offered, cr.P50, cr.P99)
+			if cr.FirstErr != "" {
+				why += ", first error: " + cr.FirstErr
+			}
 			break
 		}
 		best = rate
@@ -398,7 +407,7 @@ func (b *bench) connCapacity(tb *testbed.Testbed) (float64, string, error) {
 		time.Sleep(time.Second)
 	}
 	if best == 0 {
-		return 0, cmd, fmt.Errorf("not even %d/s with p99 ≤ %v ms", capacitySteps[0], bound)
+		return 0, cmd, fmt.Errorf("not even %d/s with p99 ≤ %v ms (%s)", capacitySteps[0], bound, why)
 	}
 	return float64(best), cmd, nil
 }
