@@ -131,9 +131,7 @@ func TestIntegrationInformV4(t *testing.T) {
 			start, goroutines := time.Now(), runtime.NumGoroutine()
 			got, err := InformV4(context.Background(), InformConfig{Interface: wanIf, Timeout: tt.timeout})
 			t.Logf("InformV4 after %v: %v, %v", time.Since(start).Round(time.Millisecond), got, err)
-			if n := runtime.NumGoroutine(); n > goroutines {
-				t.Errorf("%d goroutines left running", n-goroutines)
-			}
+			checkGoroutines(t, goroutines)
 			checkResult(t, got, err, tt.want, tt.reject, tt.wantErr)
 		})
 	}
@@ -166,9 +164,7 @@ func TestIntegrationInformV6(t *testing.T) {
 			start, goroutines := time.Now(), runtime.NumGoroutine()
 			got, err := InformV6(context.Background(), InformConfig{Interface: wanIf, Timeout: tt.timeout})
 			t.Logf("InformV6 after %v: %v, %v", time.Since(start).Round(time.Millisecond), got, err)
-			if n := runtime.NumGoroutine(); n > goroutines {
-				t.Errorf("%d goroutines left running", n-goroutines)
-			}
+			checkGoroutines(t, goroutines)
 			checkResult(t, got, err, tt.want, tt.reject, tt.wantErr)
 		})
 	}
@@ -312,5 +308,19 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
+	}
+}
+
+// checkGoroutines fails t if more than want goroutines are still running
+// after a second: one that is ending as the call returns has that long,
+// one left blocked does not.
+func checkGoroutines(t *testing.T, want int) {
+	t.Helper()
+	n := runtime.NumGoroutine()
+	for deadline := time.Now().Add(time.Second); n > want && time.Now().Before(deadline); n = runtime.NumGoroutine() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n > want {
+		t.Errorf("%d goroutines left running", n-want)
 	}
 }
