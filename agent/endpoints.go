@@ -25,17 +25,38 @@ import (
 // removes go makeBeforeBreak later, once the new subflows have joined.
 // Linux does not close the only subflow of a leg, and the REMOVE_ADDR
 // needs a subflow to travel on.
+//
+// The path manager's work runs on a goroutine of its own, toward the
+// latest plan: adding or removing an endpoint makes the kernel visit every
+// Multipath TCP connection of the namespace, which takes seconds with
+// thousands open, and new connections must not wait for it.
 type endpointSync struct {
 	log *slog.Logger
 
-	mu        sync.Mutex
-	pm        *mptcppm.Client // nil after close
+	mu   sync.Mutex
+	want map[netip.Addr]mptcppm.Endpoint // the latest plan's; replaced, never changed
+	wake chan struct{}                   // a new want, for the worker
+	stop chan struct{}
+	done chan struct{} // closed when the worker has cleaned up
+
+	// Owned by the worker.
+	pm        pathManager
 	ours      map[netip.Addr]mptcppm.Endpoint
-	want      map[netip.Addr]mptcppm.Endpoint
-	later     *time.Timer // deferred removals; nil when none is due
+	removeAt  time.Time // removals wait until then for the subflows of endpoints just added
 	oldLimits mptcppm.Limits
 	// limitsFile holds oldLimits while the agent runs.
 	limitsFile string
+}
+
+// pathManager is what endpointSync needs of the kernel's path manager
+// (*mptcppm.Client).
+type pathManager interface {
+	Endpoints() ([]mptcppm.Endpoint, error)
+	AddEndpoint(mptcppm.Endpoint) (mptcppm.Endpoint, error)
+	DeleteEndpoint(id uint8) error
+	SetFlags(id uint8, f mptcppm.Flags) error
+	SetLimits(mptcppm.Limits) error
+	Close() error
 }
 
 // makeBeforeBreak is how long removals wait for the subflows of the
@@ -67,7 +88,24 @@ func newEndpointSync(maxSubflows int, limitsFile string, log *slog.Logger) (*end
 		pm.Close()
 		return nil, fmt.Errorf("set MPTCP limits to %+v: %w", want, err)
 	}
-	return &endpointSync{log: log, pm: pm, ours: map[netip.Addr]mptcppm.Endpoint{}, oldLimits: old, limitsFile: limitsFile}, nil
+	return startEndpointSync(pm, old, limitsFile, log), nil
+}
+
+// startEndpointSync starts the worker that applies plans to pm; close
+// restores oldLimits and closes pm.
+func startEndpointSync(pm pathManager, oldLimits mptcppm.Limits, limitsFile string, log *slog.Logger) *endpointSync {
+	e := &endpointSync{
+		log:        log,
+		wake:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		pm:         pm,
+		ours:       map[netip.Addr]mptcppm.Endpoint{},
+		oldLimits:  oldLimits,
+		limitsFile: limitsFile,
+	}
+	go e.run()
+	return e
 }
 
 // savedLimits returns the limits a crashed run saved in file, or else the
@@ -90,7 +128,8 @@ func savedLimits(pm *mptcppm.Client, file string) (mptcppm.Limits, error) {
 }
 
 // apply makes the endpoints match the uplinks' addresses in states, each
-// uplink used as use says (same order).
+// uplink used as use says (same order). It does not wait for the path
+// manager.
 func (e *endpointSync) apply(states []route.UplinkState, use []policy.Use) {
 	want := map[netip.Addr]mptcppm.Endpoint{}
 	for i, s := range states {
@@ -108,20 +147,43 @@ func (e *endpointSync) apply(states []route.UplinkState, use []policy.Use) {
 		}
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	e.want = want
-	e.reconcileLocked()
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default: // the worker has yet to read the previous want: it will read this one
+	}
 }
 
-// reconcileLocked changes, adds and removes endpoints toward e.want; e.mu
-// is held.
-func (e *endpointSync) reconcileLocked() {
-	if e.pm == nil {
-		return
+// run is the worker: it reconciles the endpoints with the latest want, and
+// again when deferred removals are due, until close.
+func (e *endpointSync) run() {
+	defer close(e.done)
+	defer e.teardown()
+	due := time.NewTimer(0)
+	due.Stop() // armed when removals wait
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-e.wake:
+		case <-due.C:
+		}
+		e.mu.Lock()
+		want := e.want
+		e.mu.Unlock()
+		if wait := e.reconcile(want); wait > 0 {
+			due.Reset(wait)
+		}
 	}
+}
+
+// reconcile changes, adds and removes endpoints toward want. It returns how
+// long the removals it deferred wait, or 0.
+func (e *endpointSync) reconcile(want map[netip.Addr]mptcppm.Endpoint) time.Duration {
 	var gone []netip.Addr
 	for a, ep := range e.ours {
-		w, ok := e.want[a]
+		w, ok := want[a]
 		switch {
 		case !ok || w.IfIndex != ep.IfIndex:
 			gone = append(gone, a)
@@ -136,16 +198,14 @@ func (e *endpointSync) reconcileLocked() {
 			e.log.Info("MPTCP endpoint flags changed", "addr", a, "flags", w.Flags)
 		}
 	}
-	if e.addLocked() && len(gone) > 0 {
-		if e.later == nil {
-			e.later = time.AfterFunc(makeBeforeBreak, func() {
-				e.mu.Lock()
-				defer e.mu.Unlock()
-				e.later = nil
-				e.reconcileLocked()
-			})
-		}
-		return
+	if e.add(want) {
+		e.removeAt = time.Now().Add(makeBeforeBreak)
+	}
+	if len(gone) == 0 {
+		return 0
+	}
+	if wait := time.Until(e.removeAt); wait > 0 {
+		return wait
 	}
 	for _, a := range gone {
 		if err := e.pm.DeleteEndpoint(e.ours[a].ID); err != nil {
@@ -154,18 +214,17 @@ func (e *endpointSync) reconcileLocked() {
 		delete(e.ours, a)
 		e.log.Info("MPTCP endpoint removed", "addr", a)
 	}
-	if len(gone) > 0 {
-		// An address that moved to another interface comes back bound
-		// to the new one.
-		e.addLocked()
-	}
+	// An address that moved to another interface comes back bound to the
+	// new one.
+	e.add(want)
+	return 0
 }
 
-// addLocked adds the endpoints of e.want that are not there yet and
-// reports whether it added any; e.mu is held.
-func (e *endpointSync) addLocked() bool {
+// add adds the endpoints of want that are not there yet and reports
+// whether it added any.
+func (e *endpointSync) add(want map[netip.Addr]mptcppm.Endpoint) bool {
 	var missing []mptcppm.Endpoint
-	for a, w := range e.want {
+	for a, w := range want {
 		if _, ok := e.ours[a]; !ok {
 			missing = append(missing, w)
 		}
@@ -180,7 +239,7 @@ func (e *endpointSync) addLocked() bool {
 	}
 	for _, ep := range existing {
 		// A leftover of a run that was killed: replace it with ours.
-		if _, ok := e.want[ep.Addr]; ok && e.ours[ep.Addr].ID == 0 {
+		if _, ok := want[ep.Addr]; ok && e.ours[ep.Addr].ID == 0 {
 			if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
 				e.log.Warn("delete stale MPTCP endpoint", "addr", ep.Addr, "err", err)
 			}
@@ -200,16 +259,15 @@ func (e *endpointSync) addLocked() bool {
 	return added
 }
 
-// close removes the endpoints it added and restores the limits.
+// close stops the worker, once it has finished what the path manager is
+// doing, then removes the endpoints it added and restores the limits.
 func (e *endpointSync) close() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.pm == nil {
-		return
-	}
-	if e.later != nil {
-		e.later.Stop()
-	}
+	close(e.stop)
+	<-e.done
+}
+
+// teardown removes the endpoints the worker added and restores the limits.
+func (e *endpointSync) teardown() {
 	for a, ep := range e.ours {
 		if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
 			e.log.Warn("delete MPTCP endpoint", "addr", a, "id", ep.ID, "err", err)
@@ -221,5 +279,4 @@ func (e *endpointSync) close() {
 		os.Remove(e.limitsFile)
 	}
 	e.pm.Close()
-	e.pm = nil
 }

@@ -72,6 +72,8 @@ func TestIntegrationUplinks(t *testing.T) {
 		rule := []string{"FORWARD", "-s", "10.0.1.2", "-d", mcpAddr, "-j", "DROP"}
 		b.Run(t, "core", "iptables", append([]string{"-I"}, rule...)...)
 		waitLine(t, b.agent, "uplink unhealthy", "uplink=dsl")
+		// The path manager follows the plan on a goroutine of its own.
+		waitLine(t, b.agent, "MPTCP endpoint removed", "addr=10.0.1.2")
 		wan0, wan1 := b.legCapture(t, "wan0"), b.legCapture(t, "wan1")
 		b.mustFetch(t, small)
 		dslSYNs, lteSYNs := mptcpSYNs(t, wan0.Stop()), mptcpSYNs(t, wan1.Stop())
