@@ -83,7 +83,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	// MCP sees when it decides whether to take the connection over.
 	onPath := cfg.MCP.Mode == config.MCPModeOnPath
 	conv := newConverter(legCtx, pol, legDialer(cfg.LegFastOpen || onPath, cfg.CongestionControl), time.Duration(cfg.LegTimeout), log.With("component", "convert"))
-	conv.onPath, conv.source, conv.sources = onPath, cfg.MCP.Source(), ups.initialSources
+	conv.onPath, conv.source, conv.sources, conv.legOpened = onPath, cfg.MCP.Source(), ups.initialSources, ups.legOpened
 	var probes sync.WaitGroup
 	undo = append(undo, func() { cancelLegs(); probes.Wait(); conv.close() })
 	kick := make(chan int, 1)

@@ -82,6 +82,9 @@ type converter struct {
 	// sources, if not nil, returns the addresses to try in turn for the
 	// initial subflow of a leg to remote, best uplink first.
 	sources func(remote netip.Addr) []netip.Addr
+	// legOpened, if not nil, learns the source of each leg whose initial
+	// subflow came up from one that sources returned.
+	legOpened func(src netip.Addr)
 	// onPath addresses each leg to the flow's destination with an empty
 	// MP_CONVERT, for an MCP on the path (config.MCPModeOnPath); the
 	// policy then only passes native MPTCP.
@@ -226,6 +229,9 @@ func (c *converter) dialOverUplinks(mcp netip.AddrPort, header []byte) (*mptcple
 		}
 		leg, err := c.dial(attempt, mcp, src, header)
 		if err == nil {
+			if c.legOpened != nil {
+				c.legOpened(src)
+			}
 			return leg, nil
 		}
 		errs = append(errs, fmt.Errorf("from %s: %w", src, err))

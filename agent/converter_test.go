@@ -350,6 +350,8 @@ func TestLegRetriedOverNextUplink(t *testing.T) {
 		}
 		return []netip.Addr{dsl, lte}
 	}
+	opened := make(chan netip.Addr, 2)
+	c.legOpened = func(src netip.Addr) { opened <- src }
 	v := make(verdicts, 1)
 	start := time.Now()
 	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, v.release)
@@ -370,5 +372,8 @@ func TestLegRetriedOverNextUplink(t *testing.T) {
 	}
 	if !c.policy.Up(testMCP) {
 		t.Error("the MCP was marked down although the leg came up")
+	}
+	if got := <-opened; got != lte || len(opened) != 0 {
+		t.Errorf("legOpened(%v) and %d more, want legOpened(%v) only", got, len(opened), lte)
 	}
 }

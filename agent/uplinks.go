@@ -60,6 +60,25 @@ func (m *uplinkManager) update(states []route.UplinkState) {
 func (m *uplinkManager) probed(i int, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.recordLocked(i, err)
+}
+
+// legOpened records that the initial subflow of a leg came up from src:
+// its uplink reaches the MCP, as a probe that succeeded would show. Under
+// load a probe's SYN can be lost in the MCP's full accept queue while legs
+// come up over the same uplink, and a few such losses in a row must not
+// take a working uplink out of the plan.
+func (m *uplinkManager) legOpened(src netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if i := m.uplinkOfLocked(src); i >= 0 {
+		m.recordLocked(i, nil)
+	}
+}
+
+// recordLocked takes the outcome of a probe, or the news of a leg, for
+// uplink i; m.mu is held.
+func (m *uplinkManager) recordLocked(i int, err error) {
 	if !m.health[i].Record(err == nil) {
 		return
 	}
@@ -257,12 +276,19 @@ func (m *uplinkManager) watchSubflows(events eventSource, kick chan<- int) {
 func (m *uplinkManager) uplinkOf(a netip.Addr) (int, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	i := m.uplinkOfLocked(a)
+	return i, i >= 0 && i < len(m.plan.Use) && m.plan.Use[i] != policy.UseNone
+}
+
+// uplinkOfLocked returns the uplink whose address a is, -1 if none; m.mu
+// is held.
+func (m *uplinkManager) uplinkOfLocked(a netip.Addr) int {
 	for i, s := range m.states {
 		for _, p := range s.Addrs {
 			if p.Addr() == a {
-				return i, i < len(m.plan.Use) && m.plan.Use[i] != policy.UseNone
+				return i
 			}
 		}
 	}
-	return -1, false
+	return -1
 }

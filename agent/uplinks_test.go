@@ -93,3 +93,28 @@ func TestInitialSourcesAndProbeTargets(t *testing.T) {
 		t.Errorf("initial sources %v, want only lte's address", got)
 	}
 }
+
+// A leg that came up over an uplink counts as a probe that succeeded: lost
+// probes around it do not add up to the limit.
+func TestLegOpenedCountsAsProbe(t *testing.T) {
+	m := testUplinks(t)
+	dsl := netip.MustParseAddr("10.0.1.2")
+	m.probed(0, net.ErrClosed)
+	m.legOpened(dsl)
+	m.probed(0, net.ErrClosed)
+	if !m.health[0].Healthy() || m.plan.Use[0] != policy.UseActive {
+		t.Fatalf("dsl failed two probes with a leg up between them: healthy %v, use %v; want healthy, active", m.health[0].Healthy(), m.plan.Use[0])
+	}
+	m.probed(0, net.ErrClosed)
+	if m.health[0].Healthy() {
+		t.Fatal("dsl failed two probes in a row and is still healthy")
+	}
+	m.legOpened(netip.MustParseAddr("192.0.2.1")) // no uplink's address
+	if m.health[0].Healthy() {
+		t.Fatal("a leg from another address made dsl healthy")
+	}
+	m.legOpened(dsl)
+	if !m.health[0].Healthy() || m.plan.Use[0] != policy.UseActive {
+		t.Errorf("a leg came up over dsl: healthy %v, use %v; want healthy, active", m.health[0].Healthy(), m.plan.Use[0])
+	}
+}

@@ -126,7 +126,8 @@ type Config struct {
 
 // Probe configures the health probe of each uplink: a TCP handshake from
 // the uplink's address to the first MCP in use, every Interval, which must
-// complete within Timeout. Failures probes in a row that fail make the
+// complete within Timeout. Failures probes in a row that fail, with no
+// leg's initial subflow coming up over the uplink in between, make the
 // uplink unhealthy: it carries no subflow until a probe succeeds again.
 type Probe struct {
 	Interval Duration `yaml:"interval"`
