@@ -259,6 +259,11 @@ func (c *converter) header(key flowKey) ([]byte, error) {
 // finishLeg records the outcome of a dial and returns the verdict for the
 // held SYN.
 func (c *converter) finishLeg(key flowKey, mcp netip.AddrPort, leg *mptcpleg.Leg, err error) intercept.Verdict {
+	if err != nil && c.ctx.Err() == nil {
+		// Outside the lock, which every SYN takes: a slow log must not
+		// hold them up.
+		c.log.Warn("leg failed; falling back", "src", key.src, "dst", key.dst, "mcp", mcp, "err", err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.dialing--
@@ -266,11 +271,8 @@ func (c *converter) finishLeg(key flowKey, mcp netip.AddrPort, leg *mptcpleg.Leg
 		if leg != nil {
 			abort(leg.Conn)
 		}
-		if err != nil && c.ctx.Err() == nil {
-			if !c.onPath { // on path, mcp is the destination: no MCP health
-				c.policy.Failed(mcp, c.now())
-			}
-			c.log.Warn("leg failed; falling back", "src", key.src, "dst", key.dst, "mcp", mcp, "err", err)
+		if err != nil && c.ctx.Err() == nil && !c.onPath { // on path, mcp is the destination: no MCP health
+			c.policy.Failed(mcp, c.now())
 		}
 		d := c.policy.Fallback()
 		c.countDecision(d)
