@@ -77,13 +77,16 @@ func listenTransparent(addr netip.AddrPort) (*net.TCPListener, error) {
 	if addr.Addr().Is6() {
 		network, level, opt = "tcp6", unix.SOL_IPV6, unix.IPV6_TRANSPARENT
 	}
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, 1) }); err != nil {
-			return err
-		}
-		return serr
-	}}
+	lc := net.ListenConfig{
+		KeepAlive: -1, // the relay sets it on each accepted connection
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), level, opt, 1) }); err != nil {
+				return err
+			}
+			return serr
+		},
+	}
 	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), network, addr.String())
 	if err != nil {

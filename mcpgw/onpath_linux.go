@@ -238,6 +238,7 @@ func controlTransparent(rc syscall.RawConn, v6 bool) error {
 func dialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	d := net.Dialer{
 		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)),
+		KeepAlive: -1, // the relay sets it
 		Control: func(_, _ string, rc syscall.RawConn) error {
 			return controlTransparent(rc, src.Is6())
 		},

@@ -515,7 +515,7 @@ func dialServer(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Co
 	if src.IsValid() {
 		return dialTransparent(ctx, src, dst)
 	}
-	var d net.Dialer
+	d := net.Dialer{KeepAlive: -1} // the relay sets it
 	d.SetMultipathTCP(false)
 	return d.DialContext(ctx, "tcp", dst.String())
 }
