@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mcpagent/mcpagent/config"
+	"github.com/mcpagent/mcpagent/internal/sockopt"
 	"github.com/mcpagent/mcpagent/mptcppm"
 	"github.com/mcpagent/mcpagent/policy"
 	"github.com/mcpagent/mcpagent/route"
@@ -218,6 +219,7 @@ func probeHandshake(ctx context.Context, src netip.Addr, dst netip.AddrPort, tim
 	d := net.Dialer{Timeout: timeout}
 	if src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		d.Control = sockopt.BindAddressNoPort
 	}
 	d.SetMultipathTCP(false)
 	c, err := d.DialContext(ctx, "tcp", dst.String())

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mcpagent/mcpagent/intercept"
+	"github.com/mcpagent/mcpagent/internal/sockopt"
 	"github.com/mcpagent/mcpagent/mptcpleg"
 	"github.com/mdlayher/netlink"
 	vnl "github.com/vishvananda/netlink"
@@ -240,7 +241,10 @@ func dialTransparent(ctx context.Context, src netip.Addr, dst netip.AddrPort) (n
 		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)),
 		KeepAlive: -1, // the relay sets it
 		Control: func(_, _ string, rc syscall.RawConn) error {
-			return controlTransparent(rc, src.Is6())
+			if err := controlTransparent(rc, src.Is6()); err != nil {
+				return err
+			}
+			return sockopt.BindAddressNoPort("", "", rc)
 		},
 	}
 	d.SetMultipathTCP(false)

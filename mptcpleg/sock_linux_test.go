@@ -749,3 +749,34 @@ func TestIntegrationDialLocalAndSubflows(t *testing.T) {
 		t.Errorf("an IPv6 local address for an IPv4 remote: err %v", err)
 	}
 }
+
+// A leg from a local address takes a port that legs from that address to
+// another destination use: the port is chosen at connect, for the whole
+// four-tuple, not at bind. With two ports in the range, both held by legs
+// to one listener, a leg to another listener still opens.
+func TestIntegrationDialLocalSharesPorts(t *testing.T) {
+	setupFastOpen(t)
+	setSysctl(t, "/proc/sys/net/ipv4/ip_local_port_range", "40000 40001")
+	local := netip.MustParseAddr("127.0.0.2")
+	var remotes []netip.AddrPort
+	for _, addr := range []string{"127.0.0.1:5001", "127.0.0.1:5002"} { // outside the range
+		ln, err := Listen(netip.MustParseAddrPort(addr), 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		remotes = append(remotes, addrPort(t, ln.Addr()))
+	}
+	ports := map[uint16]bool{}
+	for _, remote := range []netip.AddrPort{remotes[0], remotes[0], remotes[1]} {
+		leg, err := Dial(context.Background(), DialConfig{Remote: remote, Local: local, HeaderAfterHandshake: true})
+		if err != nil {
+			t.Fatalf("leg to %v with ports %v in use: %v", remote, ports, err)
+		}
+		defer leg.Conn.Close()
+		ports[addrPort(t, leg.Conn.LocalAddr()).Port()] = true
+	}
+	if len(ports) != 2 {
+		t.Errorf("legs left from ports %v, want both of 40000 and 40001", ports)
+	}
+}
