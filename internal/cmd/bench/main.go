@@ -158,6 +158,7 @@ func run(o options) error {
 			"servers on srv: `iperf3 -s`, `testserver -http " + httpAddr + "` (a 10 KB file), and for each system afresh `bench echo " + echoAddr + "` (one descriptor per connection)",
 			"goodput, TTFB: testbed with the link profiles above; CPU, RSS and connection rate: a second testbed with both links unshaped and no emulator",
 			"before each system starts, the router's connection-tracking table is flushed (`bench ctflush`): the NAT and redirect bindings of the previous system's connections would otherwise catch connections that reuse their 4-tuples",
+			fmt.Sprintf("then the harness waits until the machine is quiet (under %.0f %% busy over %v, for at most %v): the kernel goes on closing the previous system's connections for seconds, and the next system would pay for it", 100*quietBusy, quietWindow, quietTimeout),
 		},
 	}
 	env := &bench{o: o, res: res, dir: dir, self: self, stop: make(chan os.Signal, 1)}
@@ -273,6 +274,9 @@ func (b *bench) measure(r *runner, tb *testbed.Testbed, f func(sr *runner, s *sy
 				// would catch this one's that reuse a 4-tuple.
 				if out, err := tb.Command(context.Background(), "cpe", b.self, "ctflush").CombinedOutput(); err != nil {
 					sr.Fatalf("%v: %s", err, out)
+				}
+				if err := waitQuiet(); err != nil {
+					fmt.Fprintf(r.log, "bench: %s: %v\n", sr.name, err)
 				}
 				p := s.start(sr, tb, b)
 				errs := b.res.errors()

@@ -149,3 +149,21 @@ func TestLinkFlag(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCPULine(t *testing.T) {
+	c, err := parseCPULine("cpu  100 5 50 1000 20 3 7 0 0 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c != (cpuTimes{busy: 165, total: 1185}) {
+		t.Errorf("parsed %+v, want busy 165 of 1185", c)
+	}
+	if got := (cpuTimes{busy: 175, total: 1285}).busyShare(c); got != 0.1 {
+		t.Errorf("busy share %v, want 0.1", got)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4", "cpu 1 2 x 4", "cpu 1 2"} {
+		if _, err := parseCPULine(bad); err == nil {
+			t.Errorf("parseCPULine(%q) took it", bad)
+		}
+	}
+}
