@@ -7,7 +7,7 @@
 # Usage: bench.sh [bench flags]   e.g. -reps 5 -dsl 20mbit,10ms -lte 40mbit,30ms
 #
 # Needs root (re-runs itself with sudo), Go, and the packages of
-# scripts/setup.sh. Takes about 10 minutes on a 2-core machine.
+# scripts/setup.sh. Takes about 14 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ${EUID} -ne 0 ]]; then
