@@ -14,6 +14,7 @@ import (
 	"github.com/mcpagent/mcpagent/control"
 	"github.com/mcpagent/mcpagent/firewall"
 	"github.com/mcpagent/mcpagent/intercept"
+	"github.com/mcpagent/mcpagent/internal/accept"
 	"github.com/mcpagent/mcpagent/mptcppm"
 	"github.com/mcpagent/mcpagent/policy"
 	"github.com/mcpagent/mcpagent/relay"
@@ -206,18 +207,33 @@ func probe(ctx context.Context, pol *policy.Policy, mcp netip.AddrPort, timeout 
 	log.Info("mcp is up again", "mcp", mcp)
 }
 
+// tcpAcceptor is the transparent listener (*net.TCPListener).
+type tcpAcceptor interface {
+	AcceptTCP() (*net.TCPConn, error)
+}
+
 // acceptLoop pairs each connection the TPROXY rule delivers with the leg of
 // its flow and hands both to the relay; legs lists the pairs the relay
-// holds.
-func acceptLoop(ln *net.TCPListener, conv *converter, rl *relay.Relay, legs *legRegistry, log *slog.Logger) {
+// holds. It ends when ln is closed. Out of file descriptors or memory, it
+// waits and accepts again: a loop that ended would leave every converted
+// connection waiting in the listen queue.
+func acceptLoop(ln tcpAcceptor, conv *converter, rl *relay.Relay, legs *legRegistry, log *slog.Logger) {
+	var backoff accept.Backoff
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				log.Error("accept on transparent listener", "err", err)
+			wait, retry := backoff.Failed(err)
+			if !retry {
+				if !errors.Is(err, net.ErrClosed) {
+					log.Error("accept on transparent listener", "err", err)
+				}
+				return
 			}
-			return
+			log.Warn("accept on transparent listener", "err", err, "retry_in", wait)
+			time.Sleep(wait)
+			continue
 		}
+		backoff.Succeeded()
 		src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
 		leg, ok := conv.claim(src, dst)

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -375,5 +377,68 @@ func TestLegRetriedOverNextUplink(t *testing.T) {
 	}
 	if got := <-opened; got != lte || len(opened) != 0 {
 		t.Errorf("legOpened(%v) and %d more, want legOpened(%v) only", got, len(opened), lte)
+	}
+}
+
+// scriptedAcceptor returns its results in turn, then net.ErrClosed.
+type scriptedAcceptor struct {
+	results []any // *net.TCPConn or error
+	calls   int
+}
+
+func (a *scriptedAcceptor) AcceptTCP() (*net.TCPConn, error) {
+	a.calls++
+	if len(a.results) == 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: net.ErrClosed}
+	}
+	r := a.results[0]
+	a.results = a.results[1:]
+	if c, ok := r.(*net.TCPConn); ok {
+		return c, nil
+	}
+	return nil, r.(error)
+}
+
+// The accept loop outlives running out of file descriptors: it waits and
+// accepts again, and ends only when the listener is closed.
+func TestAcceptLoopOutlivesEMFILE(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	accepted, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	a := &scriptedAcceptor{results: []any{emfile, emfile, accepted}}
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, newFakeDialer(t))
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		acceptLoop(a, c, nil, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the accept loop did not end when its listener closed")
+	}
+	if a.calls != 4 {
+		t.Errorf("accept called %d times, want 4: two EMFILE, one connection, closed", a.calls)
+	}
+	if got := c.stats.Orphans.Load(); got != 1 {
+		t.Errorf("orphan accepts %d, want 1: the connection after the errors was taken", got)
+	}
+	// The connection without a leg was reset.
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client read %v, want a reset", err)
 	}
 }

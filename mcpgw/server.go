@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mcpagent/mcpagent/internal/accept"
 	"github.com/mcpagent/mcpagent/mptcpleg"
 	"github.com/mcpagent/mcpagent/relay"
 )
@@ -334,28 +335,26 @@ func (s *Server) Serve(ctx context.Context) error {
 // ends or ln is closed, starting handleLeg for each in wg. It returns an
 // error only if ln fails for another reason.
 func (s *Server) acceptLoop(ctx context.Context, ln *net.TCPListener, rl *relay.Relay, wg *sync.WaitGroup, onPath bool) error {
-	var backoff time.Duration
+	var backoff accept.Backoff
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			// Out of file descriptors or memory: wait, as net/http does.
-			var ne net.Error
-			if errors.As(err, &ne) && !errors.Is(err, net.ErrClosed) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept", "addr", ln.Addr().String(), "err", err)
-				select {
-				case <-time.After(backoff):
-					continue
-				case <-ctx.Done():
-					return nil
-				}
+			wait, retry := backoff.Failed(err)
+			if !retry {
+				return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 			}
-			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+			s.log.Warn("accept", "addr", ln.Addr().String(), "err", err)
+			select {
+			case <-time.After(wait):
+				continue
+			case <-ctx.Done():
+				return nil
+			}
 		}
-		backoff = 0
+		backoff.Succeeded()
 		s.accepted.Add(1)
 		wg.Add(1)
 		go func() {
