@@ -209,7 +209,7 @@ func TestIPK(t *testing.T) {
 		if !strings.HasPrefix(s, "#!/bin/sh /etc/rc.common\n") || !strings.Contains(s, "\nUSE_PROCD=1\n") {
 			t.Errorf("not a procd init script:\n%s", s)
 		}
-		for _, want := range []string{`procd_set_param command "$PROG" -uci "$CONF"`, "procd_set_param respawn", "procd_add_reload_trigger mcpagent"} {
+		for _, want := range []string{`procd_set_param command "$PROG" -uci "$CONF"`, "procd_set_param respawn", `procd_set_param limits nofile="65536 65536"`, "procd_add_reload_trigger mcpagent"} {
 			if !strings.Contains(s, want) {
 				t.Errorf("init script lacks %q", want)
 			}
