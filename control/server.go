@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/mcpagent/mcpagent/internal/accept"
 )
 
 // Timeout bounds one exchange on the socket, at either end, unless the
@@ -132,16 +134,26 @@ func (s *Server) Close() error {
 	return s.err
 }
 
+// acceptLoop serves connections until the listener is closed; out of file
+// descriptors, it waits and accepts again.
 func (s *Server) acceptLoop() {
 	defer s.wg.Done()
+	var backoff accept.Backoff
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.log.Error("control socket accept", "err", err)
+			wait, retry := backoff.Failed(err)
+			if !retry {
+				if !errors.Is(err, net.ErrClosed) {
+					s.log.Error("control socket accept", "err", err)
+				}
+				return
 			}
-			return
+			s.log.Warn("control socket accept", "err", err, "retry_in", wait)
+			time.Sleep(wait)
+			continue
 		}
+		backoff.Succeeded()
 		select {
 		case s.sem <- struct{}{}:
 		default:
