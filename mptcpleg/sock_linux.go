@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mcpagent/mcpagent/internal/sockopt"
 )
 
 // Kernel constants that golang.org/x/sys/unix v0.30.0 lacks.
@@ -80,12 +82,8 @@ func dial(ctx context.Context, cfg DialConfig) (*Leg, error) {
 		if cfg.Local.Is4() != cfg.Remote.Addr().Is4() {
 			return nil, fmt.Errorf("local address %s is not of the family of %s", cfg.Local, cfg.Remote)
 		}
-		// The port is left to connect, as without the bind: connect
-		// needs only the four-tuple to be unique, where bind alone must
-		// avoid every port of the address in use, TIME_WAIT included.
-		// After thousands of legs bind gets slow, then fails. Kernels
-		// without the option for MPTCP get the bind alone.
-		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		// Kernels without the option for MPTCP get the bind alone.
+		sockopt.SetBindAddressNoPort(fd)
 		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(cfg.Local, 0))); err != nil {
 			return nil, fmt.Errorf("bind to %s: %w", cfg.Local, os.NewSyscallError("bind", err))
 		}
