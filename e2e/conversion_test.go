@@ -107,7 +107,7 @@ func TestIntegrationConversion(t *testing.T) {
 		// The agent's uplink probes are bare TCP handshakes to the same
 		// port (see legPackets).
 		if got := tsharkFields(t, wan.Stop(), legPackets, "frame.number"); len(got) != 0 {
-			t.Errorf("a leg to the MCP was opened for a connection to the router: %d MPTCP packets", len(got))
+			t.Errorf("a leg to the MCP was opened for a connection to the router: %d leg packets", len(got))
 		}
 	})
 }
