@@ -117,12 +117,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		if err != nil {
 			return fmt.Errorf("transparent listener on %s: %w", addr, err)
 		}
-		done := make(chan struct{})
+		stop, done := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(done)
-			acceptLoop(ln, conv, rl, legs, log)
+			acceptLoop(ln, stop, conv, rl, legs, log)
 		}()
-		undo = append(undo, func() { ln.Close(); <-done })
+		undo = append(undo, func() { close(stop); ln.Close(); <-done })
 	}
 
 	ic, err := intercept.Open(intercept.Config{
@@ -216,8 +216,9 @@ type tcpAcceptor interface {
 // its flow and hands both to the relay; legs lists the pairs the relay
 // holds. It ends when ln is closed. Out of file descriptors or memory, it
 // waits and accepts again: a loop that ended would leave every converted
-// connection waiting in the listen queue.
-func acceptLoop(ln tcpAcceptor, conv *converter, rl *relay.Relay, legs *legRegistry, log *slog.Logger) {
+// connection waiting in the listen queue. Closing stop cuts such a wait
+// short.
+func acceptLoop(ln tcpAcceptor, stop <-chan struct{}, conv *converter, rl *relay.Relay, legs *legRegistry, log *slog.Logger) {
 	var backoff accept.Backoff
 	for {
 		c, err := ln.AcceptTCP()
@@ -230,7 +231,9 @@ func acceptLoop(ln tcpAcceptor, conv *converter, rl *relay.Relay, legs *legRegis
 				return
 			}
 			log.Warn("accept on transparent listener", "err", err, "retry_in", wait)
-			time.Sleep(wait)
+			if !accept.Sleep(wait, stop) {
+				return
+			}
 			continue
 		}
 		backoff.Succeeded()

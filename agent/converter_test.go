@@ -384,10 +384,14 @@ func TestLegRetriedOverNextUplink(t *testing.T) {
 type scriptedAcceptor struct {
 	results []any // *net.TCPConn or error
 	calls   int
+	onCall  func(call int) // if not nil, called with the count of calls so far
 }
 
 func (a *scriptedAcceptor) AcceptTCP() (*net.TCPConn, error) {
 	a.calls++
+	if a.onCall != nil {
+		a.onCall(a.calls)
+	}
 	if len(a.results) == 0 {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: net.ErrClosed}
 	}
@@ -423,7 +427,7 @@ func TestAcceptLoopOutlivesEMFILE(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		acceptLoop(a, c, nil, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		acceptLoop(a, make(chan struct{}), c, nil, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}()
 	select {
 	case <-done:
@@ -440,5 +444,39 @@ func TestAcceptLoopOutlivesEMFILE(t *testing.T) {
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client read %v, want a reset", err)
+	}
+}
+
+// Stopping the accept loop while it waits out a failed accept ends the
+// wait: the agent's shutdown must not sit out the backoff.
+func TestAcceptLoopStopsDuringBackoff(t *testing.T) {
+	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	stop := make(chan struct{})
+	var stopped time.Time
+	// After eight failures the wait is 640 ms; the loop is stopped as the
+	// eighth fails, before it starts to wait.
+	a := &scriptedAcceptor{results: []any{emfile, emfile, emfile, emfile, emfile, emfile, emfile, emfile}}
+	a.onCall = func(n int) {
+		if n == 8 {
+			stopped = time.Now()
+			close(stop)
+		}
+	}
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, newFakeDialer(t))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		acceptLoop(a, stop, c, nil, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the accept loop did not end when stopped")
+	}
+	if a.calls != 8 {
+		t.Errorf("accept called %d times, want 8: stopped in the wait after the eighth", a.calls)
+	}
+	if d := time.Since(stopped); d >= 640*time.Millisecond {
+		t.Errorf("the loop ended %v after it was stopped: it sat out its wait", d)
 	}
 }

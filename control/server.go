@@ -41,6 +41,7 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	ln   *net.UnixListener
+	stop chan struct{} // closed by Close: ends the accept loop's waits
 	sem  chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
@@ -65,7 +66,7 @@ func Listen(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &Server{cfg: cfg, log: log, ln: ln, sem: make(chan struct{}, maxConns)}
+	s := &Server{cfg: cfg, log: log, ln: ln, stop: make(chan struct{}), sem: make(chan struct{}, maxConns)}
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s, nil
@@ -125,6 +126,7 @@ func listenPrivate(path string) (*net.UnixListener, error) {
 // result.
 func (s *Server) Close() error {
 	s.once.Do(func() {
+		close(s.stop)
 		s.err = s.ln.Close()
 		s.wg.Wait()
 		if err := os.Remove(s.cfg.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -150,7 +152,9 @@ func (s *Server) acceptLoop() {
 				return
 			}
 			s.log.Warn("control socket accept", "err", err, "retry_in", wait)
-			time.Sleep(wait)
+			if !accept.Sleep(wait, s.stop) {
+				return
+			}
 			continue
 		}
 		backoff.Succeeded()

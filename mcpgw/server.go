@@ -346,13 +346,11 @@ func (s *Server) acceptLoop(ctx context.Context, ln *net.TCPListener, rl *relay.
 			if !retry {
 				return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 			}
-			s.log.Warn("accept", "addr", ln.Addr().String(), "err", err)
-			select {
-			case <-time.After(wait):
-				continue
-			case <-ctx.Done():
+			s.log.Warn("accept", "addr", ln.Addr().String(), "err", err, "retry_in", wait)
+			if !accept.Sleep(wait, ctx.Done()) {
 				return nil
 			}
+			continue
 		}
 		backoff.Succeeded()
 		s.accepted.Add(1)

@@ -1,6 +1,7 @@
 // Package accept paces a listener's accept loop through errors that pass,
 // such as running out of file descriptors. It does not accept: the loops
-// of the agent and of mcpgw do, and ask it how long to wait.
+// of the agent, its control socket and mcpgw do, and ask it how long to
+// wait.
 package accept
 
 import (
@@ -38,3 +39,16 @@ func (b *Backoff) Failed(err error) (time.Duration, bool) {
 
 // Succeeded resets the wait after an accept that succeeded.
 func (b *Backoff) Succeeded() { b.wait = 0 }
+
+// Sleep waits d, or less if stop is closed meanwhile: a loop being stopped
+// must not sit out its wait. It reports whether d passed.
+func Sleep(d time.Duration, stop <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-stop:
+		return false
+	}
+}

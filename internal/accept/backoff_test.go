@@ -40,3 +40,19 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+func TestSleep(t *testing.T) {
+	stop := make(chan struct{})
+	if !Sleep(time.Millisecond, stop) {
+		t.Error("Sleep reports stop while stop is open")
+	}
+	close(stop)
+	start := time.Now()
+	if Sleep(time.Hour, stop) {
+		t.Error("Sleep reports the wait passed after stop was closed")
+	}
+	// A bound far above scheduling noise: the wait is an hour.
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("Sleep with stop closed took %v", d)
+	}
+}
