@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -355,8 +356,11 @@ func (b *bench) unshapedPhase(r *runner) {
 		// sockets earlier figures left in TIME_WAIT would collide with
 		// its few connections.
 		tb.Start(sr, "srv", "echo-cap.log", "listening", b.self, "echo", capEchoAddr)
-		capacity, ccmd, err := b.connCapacity(tb)
+		capacity, ccmd, cpu, err := b.connCapacity(tb, p)
 		b.res.add(figConnCapacity, s.id, "/s", ccmd, capacity, err)
+		if p != nil {
+			b.res.add(figConnCPU, s.id, "s", cpu.cmd, cpu.per1k, cpu.err)
+		}
 		args := []string{"connrate", echoAddr, strconv.Itoa(o.connRate), o.connFor.String()}
 		cr, err := b.connRate(tb, args)
 		cmd := "lan: bench " + strings.Join(args, " ")
@@ -385,19 +389,35 @@ var capacitySteps = []int{250, 500, 1000, 1500, 2000, 3000, 4000, 5000}
 // 5 ms: what the system sustains before connections start to queue. An
 // open loop beyond that rate only measures the queue, so the figure at
 // -conn-rate says less about a system than where it stops keeping up.
-func (b *bench) connCapacity(tb *testbed.Testbed) (float64, string, error) {
+// With the router's process p (nil for the direct path) it also returns
+// what p's CPU time was per 1,000 connections at the step of cpuStepRate.
+func (b *bench) connCapacity(tb *testbed.Testbed, p *proc) (float64, string, connCPU, error) {
 	const step, bound = 2 * time.Second, 5.0
 	cmd := fmt.Sprintf("lan: bench connrate %s R %v, for R in %v until one fails or its p99 exceeds %v ms", capEchoAddr, step, capacitySteps, bound)
+	cpu := connCPU{
+		cmd: fmt.Sprintf("lan: bench connrate %s %d %v; utime+stime of the router's process from /proc/PID/stat", capEchoAddr, cpuStepRate, step),
+		err: fmt.Errorf("the steps ended below %d/s", cpuStepRate),
+	}
 	best := 0
 	var why string // what ended the steps, for a first step that fails
 	for _, rate := range capacitySteps {
 		if rate > b.o.connRate {
 			break
 		}
+		var before float64
+		var cpuErr error
+		if p != nil && rate == cpuStepRate {
+			before, cpuErr = p.cpu()
+		}
 		cr, err := b.connRate(tb, []string{"connrate", capEchoAddr, strconv.Itoa(rate), step.String()})
 		if err != nil {
 			why = err.Error()
 			break
+		}
+		if p != nil && rate == cpuStepRate {
+			after, err := p.cpu()
+			cpu.err = errors.Join(cpuErr, err)
+			cpu.per1k = (after - before) / float64(cr.Succeeded) * 1000
 		}
 		if cr.Succeeded < cr.Offered || cr.P99 > bound {
 			why = fmt.Sprintf("%d of %d set up, p50 %.2f ms, p99 %.2f ms", cr.Succeeded, cr.Offered, cr.P50, cr.P99)
@@ -411,9 +431,22 @@ func (b *bench) connCapacity(tb *testbed.Testbed) (float64, string, error) {
 		time.Sleep(time.Second)
 	}
 	if best == 0 {
-		return 0, cmd, fmt.Errorf("not even %d/s with p99 ≤ %v ms (%s)", capacitySteps[0], bound, why)
+		return 0, cmd, cpu, fmt.Errorf("not even %d/s with p99 ≤ %v ms (%s)", capacitySteps[0], bound, why)
 	}
-	return float64(best), cmd, nil
+	return float64(best), cmd, cpu, nil
+}
+
+// cpuStepRate is the step of connCapacity at which the router's CPU time
+// per connection is taken: a rate every compared system sustains on the
+// benchmark machine, so that the figure counts work done, not queueing.
+const cpuStepRate = 500
+
+// connCPU is the router's CPU time per 1,000 connections, the command that
+// measured it, and why there is none.
+type connCPU struct {
+	per1k float64
+	cmd   string
+	err   error
 }
 
 // rss measures the router process's resident memory idle, with 1,000 and

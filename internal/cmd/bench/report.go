@@ -40,11 +40,12 @@ const (
 	figConnP99       = "setup latency p99 at that load (connect + 1-byte echo)"
 	figConnAddedP99  = "added setup latency p99 at that load"
 	figConnCapacity  = "highest rate with every connection set up and setup p99 ≤ 5 ms (stepped)"
+	figConnCPU       = "router CPU-seconds per 1,000 new connections, at 500/s"
 )
 
 var figureOrder = []string{figGoodput1, figGoodput8, figTTFB50, figTTFB95, figCPUPerGB,
 	figRSSIdle, figRSS1k, figRSSMany, figRSSGrowth1k, figRSSGrowthMany,
-	figConnRate, figConnP99, figConnAddedP99, figConnCapacity}
+	figConnRate, figConnP99, figConnAddedP99, figConnCapacity, figConnCPU}
 
 // System is one of the compared systems.
 type System struct {
