@@ -109,10 +109,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 
 	legs := newLegRegistry()
-	for _, addr := range []netip.AddrPort{
-		netip.AddrPortFrom(netip.IPv4Unspecified(), cfg.Netfilter.TProxyPort),
-		netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Netfilter.TProxyPort),
-	} {
+	rules := firewall.Rules{
+		LANInterfaces: cfg.LANInterfaces,
+		Queue:         cfg.Netfilter.Queue,
+		TProxyPort:    cfg.Netfilter.TProxyPort,
+		ConvertMark:   convertMark,
+		RejectMark:    rejectMark,
+		TProxyMark:    tproxyMark,
+		MarkMask:      mask,
+	}
+	for _, addr := range rules.TProxyListeners() {
 		ln, err := listenTransparent(addr)
 		if err != nil {
 			return fmt.Errorf("transparent listener on %s: %w", addr, err)
@@ -139,15 +145,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	// Closing the interceptor releases held SYNs unconverted: fail-open.
 	undo = append(undo, func() { ic.Close() })
 
-	fw, err := firewall.Install(ctx, firewall.Backend(cfg.Firewall), firewall.Rules{
-		LANInterfaces: cfg.LANInterfaces,
-		Queue:         cfg.Netfilter.Queue,
-		TProxyPort:    cfg.Netfilter.TProxyPort,
-		ConvertMark:   convertMark,
-		RejectMark:    rejectMark,
-		TProxyMark:    tproxyMark,
-		MarkMask:      mask,
-	}, log.With("component", "firewall"))
+	fw, err := firewall.Install(ctx, firewall.Backend(cfg.Firewall), rules, log.With("component", "firewall"))
 	if err != nil {
 		return fmt.Errorf("install firewall rules: %w", err)
 	}

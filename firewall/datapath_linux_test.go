@@ -173,12 +173,12 @@ type dataPathNet struct {
 	v6                    bool
 	routerLAN, lanHost    string // with prefix length
 	routerWAN, server     string // with prefix length
-	forwarding, anyListen string
+	forwarding            string
 }
 
 var dataPathNets = []dataPathNet{
-	{"IPv4", false, "192.168.7.1/24", "192.168.7.2/24", "198.51.100.254/24", "198.51.100.1/24", "/proc/sys/net/ipv4/ip_forward", "0.0.0.0"},
-	{"IPv6", true, "fd00:7::1/64", "fd00:7::2/64", "2001:db8:100::fe/64", "2001:db8:100::1/64", "/proc/sys/net/ipv6/conf/all/forwarding", "::"},
+	{"IPv4", false, "192.168.7.1/24", "192.168.7.2/24", "198.51.100.254/24", "198.51.100.1/24", "/proc/sys/net/ipv4/ip_forward"},
+	{"IPv6", true, "fd00:7::1/64", "fd00:7::2/64", "2001:db8:100::fe/64", "2001:db8:100::1/64", "/proc/sys/net/ipv6/conf/all/forwarding"},
 }
 
 // testDataPath sends, for IPv4 and IPv6, real connections from a LAN host
@@ -233,10 +233,12 @@ func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r R
 	}
 	t.Cleanup(func() { netlink.RouteDel(local) })
 
-	// The server answers on 80 and 81, and would refuse 82 and 83.
+	// The server answers on 80, 81 and the port of the agent's transparent
+	// listener, and would refuse 82 and 83.
+	tproxyPort := fmt.Sprint(r.TProxyPort)
 	servers := map[string]<-chan string{}
 	inNetNS(t, server, func() {
-		for _, port := range []string{"80", "81"} {
+		for _, port := range []string{"80", "81", tproxyPort} {
 			ln, err := net.Listen(network, addr(n.server, port))
 			if err != nil {
 				t.Fatal(err)
@@ -254,7 +256,11 @@ func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r R
 		return serr
 	}}
 	lc.SetMultipathTCP(false)
-	tproxy, err := lc.Listen(context.Background(), network, net.JoinHostPort(n.anyListen, fmt.Sprint(r.TProxyPort)))
+	listenAt := r.TProxyListeners()[0]
+	if n.v6 {
+		listenAt = r.TProxyListeners()[1]
+	}
+	tproxy, err := lc.Listen(context.Background(), network, listenAt.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,6 +296,14 @@ func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r R
 		t.Errorf("unmarked connection through the router: %v", err)
 	} else if got := get(servers["80"]); got != addr(n.server, "80")+" hello" {
 		t.Errorf("server on port 80 got %q", got)
+	}
+	// A server port that is the transparent listener's own: only
+	// connections the agent converted belong to that listener, which
+	// listens on every address.
+	if err := dial(addr(n.server, tproxyPort)); err != nil {
+		t.Errorf("unmarked connection to the server's port %s: %v", tproxyPort, err)
+	} else if got := get(servers[tproxyPort]); got != addr(n.server, tproxyPort)+" hello" {
+		t.Errorf("server on port %s got %q", tproxyPort, got)
 	}
 	// The reject mark: a reset from the router, although the server listens.
 	start := time.Now()

@@ -8,7 +8,10 @@
 //
 //   - NF_REPEAT with the convert mark: the SYN re-traverses the prerouting
 //     chain, and a TPROXY rule delivers it to the agent's transparent
-//     listener, setting the TPROXY routing mark;
+//     listener, setting the TPROXY routing mark. The listener is on the
+//     loopback address (Rules.TProxyListeners), not the any-address, where
+//     the socket match would also find it for unconverted connections to
+//     its port;
 //   - NF_REPEAT with the reject mark: the SYN is routed on and a rule in the
 //     forward hook answers it with a TCP reset;
 //   - NF_ACCEPT without a mark: the SYN is routed normally ("direct").

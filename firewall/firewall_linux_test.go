@@ -57,7 +57,7 @@ const expectedRules = `*mangle
 -A XPREROUTING -j MARK --set-xmark 0x100/0x3f00
 -A XMCPAGENT -m addrtype --dst-type LOCAL -j RETURN
 -A XMCPAGENT -p tcp -m socket --transparent -j XMCPAGENT_DIVERT
--A XMCPAGENT -p tcp -m mark --mark 0x01000000/0x0f000000 -j TPROXY --on-port 7070 --tproxy-mark 0x03000000/0x0f000000
+-A XMCPAGENT -p tcp -m mark --mark 0x01000000/0x0f000000 -j TPROXY --on-ip LOOPBACK --on-port 7070 --tproxy-mark 0x03000000/0x0f000000
 -A XMCPAGENT -p tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark --mark 0/0x0f000000 -j NFQUEUE --queue-num 7 --queue-bypass
 -A XMCPAGENT_DIVERT -j MARK --set-mark 0x03000000/0x0f000000
 -A XMCPAGENT_DIVERT -j ACCEPT
@@ -83,7 +83,8 @@ func checkInstalled(t *testing.T) {
 	}
 	for _, v6 := range []bool{false, true} {
 		fam := familyOf(v6)
-		cmd(t, expectedRules, fam.restore, "-w", "--noflush")
+		loopback := map[bool]string{false: "127.0.0.1", true: "::1"}[v6]
+		cmd(t, strings.Replace(expectedRules, "LOOPBACK", loopback, 1), fam.restore, "-w", "--noflush")
 		for table, names := range chains {
 			for _, name := range names {
 				got := appends(cmd(t, "", fam.iptables, "-w", "-t", table, "-S", name))

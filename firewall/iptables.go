@@ -13,13 +13,14 @@ import (
 // family names the iptables programs of one address family.
 type family struct {
 	name, iptables, restore string
+	v6                      bool
 }
 
 func familyOf(v6 bool) family {
 	if v6 {
-		return family{"IPv6", "ip6tables", "ip6tables-restore"}
+		return family{"IPv6", "ip6tables", "ip6tables-restore", true}
 	}
-	return family{"IPv4", "iptables", "iptables-restore"}
+	return family{"IPv4", "iptables", "iptables-restore", false}
 }
 
 // iptablesLoader loads chains with iptables-restore, one transaction per
@@ -61,7 +62,7 @@ func (l *iptablesLoader) unload(ctx context.Context) error {
 // previous run left with the rules of l. Declaring a chain that exists
 // flushes it, so only the jumps into the agent's chains need deleting.
 func (l *iptablesLoader) installFamily(ctx context.Context, fam family) error {
-	sections := installSections(l.chains)
+	sections := installSections(l.chains, fam)
 	stale := 0
 	for i, s := range sections {
 		listing, err := l.run.run(ctx, "", fam.iptables, "-w", "-t", s.table, "-S")
@@ -125,7 +126,7 @@ func (l *iptablesLoader) removeFamily(ctx context.Context, fam family) error {
 //
 // Loading it twice duplicates the jumps; Install removes old jumps first.
 func IPTablesRestore(r Rules, v6 bool) string {
-	return renderScript(familyOf(v6), installSections(ruleset(r)))
+	return renderScript(familyOf(v6), installSections(ruleset(r), familyOf(v6)))
 }
 
 // section is one table's part of an iptables-restore script.
@@ -186,7 +187,7 @@ func chainsIn(chains []chain, table string) map[string]bool {
 // installSections renders chains: per table, the chain declarations, their
 // rules, then the jumps from the built-in chains, inserted at the top in
 // order so that the agent sees packets before other rules can accept them.
-func installSections(chains []chain) []section {
+func installSections(chains []chain, fam family) []section {
 	var sections []section
 	for _, table := range tablesOf(chains) {
 		var decls, rules, jumps []string
@@ -197,11 +198,11 @@ func installSections(chains []chain) []section {
 			}
 			decls = append(decls, ":"+c.name+" - [0:0]")
 			for _, r := range c.rules {
-				rules = append(rules, ruleLine("-A "+c.name, r))
+				rules = append(rules, ruleLine("-A "+c.name, r, fam))
 			}
 			for _, m := range c.entry {
 				pos := "-I " + builtin + " " + strconv.Itoa(len(jumps)+1)
-				jumps = append(jumps, ruleLine(pos, rule{m, action{kind: actJump, chain: c.name}}))
+				jumps = append(jumps, ruleLine(pos, rule{m, action{kind: actJump, chain: c.name}}, fam))
 			}
 		}
 		lines := append(append(decls, rules...), jumps...)
@@ -210,8 +211,8 @@ func installSections(chains []chain) []section {
 	return sections
 }
 
-func ruleLine(prefix string, r rule) string {
-	args := append(matchArgs(r.match), actionArgs(r.action)...)
+func ruleLine(prefix string, r rule, fam family) string {
+	args := append(matchArgs(r.match), actionArgs(r.action, fam)...)
 	return prefix + " " + strings.Join(args, " ")
 }
 
@@ -238,7 +239,7 @@ func matchArgs(m match) []string {
 	return a
 }
 
-func actionArgs(a action) []string {
+func actionArgs(a action, fam family) []string {
 	switch a.kind {
 	case actJump:
 		return []string{"-j", a.chain}
@@ -251,7 +252,7 @@ func actionArgs(a action) []string {
 	case actQueue:
 		return []string{"-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(a.queue)), "--queue-bypass"}
 	case actTProxy:
-		return []string{"-j", "TPROXY", "--on-port", strconv.Itoa(int(a.port)), "--tproxy-mark", markArg(a.mark)}
+		return []string{"-j", "TPROXY", "--on-ip", tproxyAddr(fam.v6).String(), "--on-port", strconv.Itoa(int(a.port)), "--tproxy-mark", markArg(a.mark)}
 	case actRejectWithReset:
 		return []string{"-j", "REJECT", "--reject-with", "tcp-reset"}
 	}

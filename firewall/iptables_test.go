@@ -78,7 +78,7 @@ const installedMangle = `-P PREROUTING ACCEPT
 -A PREROUTING -m comment --comment "mwan3 \"hook\" -j MCPAGENT" -j MARK --set-xmark 0x100/0x3f00
 -A MCPAGENT -m addrtype --dst-type LOCAL -j RETURN
 -A MCPAGENT -p tcp -m socket --transparent -j MCPAGENT_DIVERT
--A MCPAGENT -p tcp -m mark --mark 0x1000000/0xf000000 -j TPROXY --on-port 7070 --on-ip 0.0.0.0 --tproxy-mark 0x3000000/0xf000000
+-A MCPAGENT -p tcp -m mark --mark 0x1000000/0xf000000 -j TPROXY --on-port 7070 --on-ip 127.0.0.1 --tproxy-mark 0x3000000/0xf000000
 -A MCPAGENT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m mark --mark 0x0/0xf000000 -j NFQUEUE --queue-num 7 --queue-bypass
 -A MCPAGENT_DIVERT -j MARK --set-xmark 0x3000000/0xf000000
 -A MCPAGENT_DIVERT -j ACCEPT

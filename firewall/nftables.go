@@ -106,7 +106,7 @@ func renderNFT(chains []chain) string {
 	return b.String()
 }
 
-// writeNFTRule writes r as one nft rule, or two for TPROXY.
+// writeNFTRule writes r as one nft rule, or three for TPROXY.
 func writeNFTRule(b *strings.Builder, r rule) {
 	m := nftMatch(r.match)
 	for _, stmt := range nftStatements(r.action) {
@@ -155,12 +155,14 @@ func nftStatements(a action) []string {
 	case actQueue:
 		return []string{fmt.Sprintf("queue num %d bypass", a.queue)}
 	case actTProxy:
-		// Without an address, tproxy serves both families of an inet
-		// table. Unlike iptables' TPROXY it is not terminal: when no
-		// transparent socket takes the packet the rule ends there, so a
-		// second rule drops the packet, as TPROXY does.
+		// An inet table's tproxy needs the family for an address. Unlike
+		// iptables' TPROXY it is not terminal: when no transparent socket
+		// takes the packet the rule ends there, so a last rule drops the
+		// packet, as TPROXY does.
+		mark := nftSetMark(a.mark)
 		return []string{
-			fmt.Sprintf("tproxy to :%d %s accept", a.port, nftSetMark(a.mark)),
+			fmt.Sprintf("meta nfproto ipv4 tproxy ip to %s:%d %s accept", tproxyAddr(false), a.port, mark),
+			fmt.Sprintf("meta nfproto ipv6 tproxy ip6 to [%s]:%d %s accept", tproxyAddr(true), a.port, mark),
 			"drop",
 		}
 	case actRejectWithReset:

@@ -168,7 +168,8 @@ const expectedNFT = `table inet xmcpagent {
 	chain MCPAGENT {
 		fib daddr type local return
 		meta l4proto tcp socket transparent 1 jump MCPAGENT_DIVERT
-		meta l4proto tcp meta mark and 0xf000000 == 0x1000000 tproxy to :7070 meta mark set meta mark and 0xf0ffffff or 0x3000000 accept
+		meta l4proto tcp meta mark and 0xf000000 == 0x1000000 meta nfproto ipv4 tproxy ip to 127.0.0.1:7070 meta mark set meta mark and 0xf0ffffff or 0x3000000 accept
+		meta l4proto tcp meta mark and 0xf000000 == 0x1000000 meta nfproto ipv6 tproxy ip6 to [::1]:7070 meta mark set meta mark and 0xf0ffffff or 0x3000000 accept
 		meta l4proto tcp meta mark and 0xf000000 == 0x1000000 drop
 		tcp flags & (syn|ack|fin|rst) == syn meta mark and 0xf000000 == 0 QUEUE
 	}

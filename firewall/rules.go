@@ -3,6 +3,7 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 )
 
@@ -13,7 +14,8 @@ type Rules struct {
 	LANInterfaces []string
 	// Queue is the NFQUEUE number the agent reads SYNs from.
 	Queue uint16
-	// TProxyPort is the port of the agent's transparent listener.
+	// TProxyPort is the port of the agent's transparent listeners, which
+	// listen on the addresses TProxyListeners returns.
 	TProxyPort uint16
 	// ConvertMark, RejectMark and TProxyMark are packet marks within
 	// MarkMask: the agent sets ConvertMark or RejectMark on a SYN it releases
@@ -24,6 +26,27 @@ type Rules struct {
 	// MarkMask is the part of the packet mark the agent owns; the rules
 	// neither read nor change bits outside it.
 	MarkMask uint32
+}
+
+// TProxyListeners returns where the agent's transparent listeners must
+// listen: TPROXY delivers to the loopback address of each family at
+// TProxyPort. Not to the any-address: a transparent listener there is the
+// socket that nft's socket expression finds for every connection to
+// TProxyPort, whatever its destination, and would take connections the
+// agent never converted away from their servers.
+func (r Rules) TProxyListeners() []netip.AddrPort {
+	return []netip.AddrPort{
+		netip.AddrPortFrom(tproxyAddr(false), r.TProxyPort),
+		netip.AddrPortFrom(tproxyAddr(true), r.TProxyPort),
+	}
+}
+
+// tproxyAddr is the address TPROXY delivers to in the family of v6.
+func tproxyAddr(v6 bool) netip.Addr {
+	if v6 {
+		return netip.IPv6Loopback()
+	}
+	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
 }
 
 // Validate reports whether r describes a usable rule set.
@@ -140,7 +163,7 @@ const (
 	actAccept
 	actSetMark // set the bits mark.mask to mark.value
 	actQueue   // NFQUEUE to queue, accepting the packet when nobody listens
-	actTProxy  // deliver to the local listener on port, setting mark
+	actTProxy  // deliver to the local listener on the family's tproxyAddr and port, setting mark
 	actRejectWithReset
 )
 
