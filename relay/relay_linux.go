@@ -33,7 +33,8 @@ const (
 	spliceFlags = unix.SPLICE_F_NONBLOCK | unix.SPLICE_F_MOVE
 	// watchEvents is what a worker asks epoll about each socket:
 	// edge-triggered, so an idle or blocked pair costs no wakeups.
-	watchEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+	// EPOLLPRI reports TCP urgent data (see handle).
+	watchEvents = unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 	// wakeKey is the epoll key of a worker's eventfd. The key of a
 	// socket is its pair's id (from 1) shifted left once, plus its side.
@@ -142,7 +143,7 @@ func (r *Relay) add(a, b *net.TCPConn, done func(Stats)) error {
 		}
 	}
 	p.id = r.nextID.Add(1)
-	w := r.workers[int(r.next.Add(1))%len(r.workers)]
+	w := r.workers[r.next.Add(1)%uint32(len(r.workers))]
 	if err := w.enqueue(p); err != nil {
 		closeConns(a, b)
 		return fmt.Errorf("relay: add: %w", err)
@@ -420,7 +421,13 @@ func (w *worker) handle(p *pair, s int, ev uint32) {
 			w.pump(p, 1-s)
 		}
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+	if ev&unix.EPOLLPRI != 0 {
+		// Urgent data: splice stops at its mark for good, and would take
+		// the FIN after it for the end, losing the rest. read steps over
+		// the urgent byte, as it does for any proxy that reads.
+		p.dirs[s].noSplice = true
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLPRI|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 		w.pump(p, s)
 	}
 }

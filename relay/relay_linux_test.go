@@ -329,6 +329,60 @@ func TestHalfClose(t *testing.T) {
 	}
 }
 
+// TestUrgentData relays a byte stream with TCP urgent data in it from a
+// plain TCP peer: as with a direct connection read without SO_OOBINLINE,
+// the other peer gets every byte but the urgent one, and the EOF after
+// them. splice alone stops at the urgent mark for good.
+func TestUrgentData(t *testing.T) {
+	r := newRelay(t, Config{})
+	f := newFixture(t, newListener(t, false), newListener(t, false))
+	defer f.closePeers()
+	e := add(t, r, f)
+	fd, err := socketFD(f.peerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.peerA.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	// Let the relay splice the first bytes before the urgent byte comes.
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(f.peerB, buf); err != nil || string(buf) != "abc" {
+		t.Fatalf("b's peer read %q, %v; want \"abc\"", buf, err)
+	}
+	if err := unix.Sendto(fd, []byte("!"), unix.MSG_OOB, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.peerA.Write([]byte("def")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.peerA.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(f.peerB)
+	if err != nil || string(got) != "def" {
+		t.Fatalf("b's peer read %q, %v after the urgent byte; want \"def\" and EOF", got, err)
+	}
+	f.peerB.CloseWrite()
+	if st := e.wait(t); st.AtoB != 6 || st.Reset {
+		t.Errorf("stats %+v, want 6 bytes from a to b and no reset", st)
+	}
+}
+
+// TestWorkerChoiceWraps adds a pair when the counter that spreads pairs
+// over the workers has passed 2³¹: on a 32-bit router the index must not
+// turn negative.
+func TestWorkerChoiceWraps(t *testing.T) {
+	r := newRelay(t, Config{Workers: 3})
+	r.next.Store(1<<31 - 1)
+	for range 3 {
+		f := newFixture(t, newListener(t, false), newListener(t, false))
+		e := add(t, r, f)
+		f.closePeers()
+		e.wait(t)
+	}
+}
+
 // readReset reads from c until an error and returns nil if that is a
 // reset.
 func readReset(c *net.TCPConn) error {
