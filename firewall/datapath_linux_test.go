@@ -169,11 +169,11 @@ func TestIntegrationDataPath(t *testing.T) {
 
 // dataPathNet is one address family's addresses in testDataPath.
 type dataPathNet struct {
-	name                  string
-	v6                    bool
-	routerLAN, lanHost    string // with prefix length
-	routerWAN, server     string // with prefix length
-	forwarding            string
+	name               string
+	v6                 bool
+	routerLAN, lanHost string // with prefix length
+	routerWAN, server  string // with prefix length
+	forwarding         string
 }
 
 var dataPathNets = []dataPathNet{
