@@ -16,6 +16,10 @@ type Reason string
 const (
 	// ReasonClientLimit: the client already had MaxConnsPerClient legs open.
 	ReasonClientLimit Reason = "client-limit"
+	// ReasonHandshake: the client did not complete its handshake within
+	// HeaderTimeout, or reset it: a SYN with data from a forged address,
+	// for one (see Config.TrustSYNData).
+	ReasonHandshake Reason = "handshake"
 	// ReasonHeaderTimeout: no complete header within HeaderTimeout.
 	ReasonHeaderTimeout Reason = "header-timeout"
 	// ReasonHeaderTruncated: the client closed before a complete header.

@@ -18,7 +18,10 @@
 // Such a leg is torn down abortively (a TCP reset, or MP_FASTCLOSE on an
 // MPTCP leg) and logged at Debug with a stable reason= key. An empty
 // MP_CONVERT option on a leg to a listen address is refused, as is an
-// address-carrying one on a leg taken over on the path.
+// address-carrying one on a leg taken over on the path. Nor does it open
+// one for a leg whose client has not completed its handshake: cookie-less
+// Fast Open hands over the SYN's data before the client's ACK shows that
+// the source address is its own (Config.TrustSYNData waives the wait).
 //
 // Serve needs, in its network namespace: net.mptcp.enabled=1, the server
 // bits 0x2|0x200 of net.ipv4.tcp_fastopen, and the MPTCP path manager's

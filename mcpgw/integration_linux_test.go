@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -781,5 +782,91 @@ func TestIntegrationDialFailure(t *testing.T) {
 	waitFor(t, "teardown counted", func() bool { return ts.Stats().TornDown[ReasonDialFailed] == 1 })
 	if calls := ts.dials.calls(); len(calls) != 1 || calls[0] != free.String() {
 		t.Errorf("dials = %q, want [%s]", calls, free)
+	}
+}
+
+// dropClientSegments drops the segments without SYN that this host sends
+// to port, as the ACK that completes the handshake of a SYN from a forged
+// address never comes, until the returned function or the end of t.
+func dropClientSegments(t *testing.T, port uint16) (undrop func()) {
+	t.Helper()
+	rule := []string{"OUTPUT", "-p", "tcp", "--dport", strconv.Itoa(int(port)), "--tcp-flags", "SYN", "NONE", "-j", "DROP"}
+	iptables := func(op string) error {
+		if out, err := exec.Command("iptables", append([]string{"-w", op}, rule...)...).CombinedOutput(); err != nil {
+			return fmt.Errorf("iptables %s: %v: %s", op, err, out)
+		}
+		return nil
+	}
+	if err := iptables("-A"); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	undrop = func() {
+		once.Do(func() {
+			if err := iptables("-D"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(undrop)
+	return undrop
+}
+
+// TestIntegrationSYNDataWaitsForHandshake opens legs whose SYN carries the
+// header while the client's later segments are dropped: mcpgw must not
+// connect anywhere until the handshake completes, unless TrustSYNData says
+// the sources are genuine.
+func TestIntegrationSYNDataWaitsForHandshake(t *testing.T) {
+	netnstest.RequireIsolatedRoot(t)
+	netnstest.RequireTool(t, "iptables")
+	addLink(t)
+	echo := startEcho(t, netip.AddrPortFrom(srvV4, 0))
+	for _, trust := range []bool{false, true} {
+		t.Run(fmt.Sprintf("TrustSYNData=%v", trust), func(t *testing.T) {
+			ts := startServer(t, Config{TrustSYNData: trust})
+			undrop := dropClientSegments(t, ts.v4.Port())
+			leg := dialLeg(t, ts.v4, header(t, dstOpt(srvV4, echo.Port())))
+			if trust {
+				waitFor(t, "the dial on the SYN's header", func() bool { return len(ts.dials.calls()) == 1 })
+			} else {
+				waitFor(t, "the leg accepted", func() bool { return ts.Stats().Accepted == 1 })
+				time.Sleep(1500 * time.Millisecond) // past the SYN-ACK's first retransmission
+				if calls := ts.dials.calls(); len(calls) != 0 {
+					t.Fatalf("mcpgw connected to %v before the client completed its handshake", calls)
+				}
+			}
+			undrop()
+			leg.Conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := leg.Conn.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(leg.Conn, buf); err != nil || string(buf) != "ping" {
+				t.Fatalf("echo once the handshake completed = %q, %v", buf, err)
+			}
+			if calls := ts.dials.calls(); len(calls) != 1 {
+				t.Errorf("dials %v, want one", calls)
+			}
+		})
+	}
+}
+
+// TestIntegrationHandshakeTimeout lets a leg's SYN with its header arrive
+// and nothing after it: mcpgw tears the leg down after HeaderTimeout
+// without connecting anywhere.
+func TestIntegrationHandshakeTimeout(t *testing.T) {
+	netnstest.RequireIsolatedRoot(t)
+	netnstest.RequireTool(t, "iptables")
+	addLink(t)
+	echo := startEcho(t, netip.AddrPortFrom(srvV4, 0))
+	ts := startServer(t, Config{HeaderTimeout: 500 * time.Millisecond})
+	dropClientSegments(t, ts.v4.Port())
+	dialLeg(t, ts.v4, header(t, dstOpt(srvV4, echo.Port())))
+	waitFor(t, "a handshake teardown", func() bool { return ts.Stats().TornDown[ReasonHandshake] == 1 })
+	if calls := ts.dials.calls(); len(calls) != 0 {
+		t.Errorf("mcpgw connected to %v for a client that never completed its handshake", calls)
+	}
+	if st := ts.Stats(); st.Active != 0 || st.Converted != 0 {
+		t.Errorf("Stats = %+v, want nothing active or converted", st)
 	}
 }

@@ -76,9 +76,18 @@ type Config struct {
 	// MPTCP connection, set in Serve's network namespace (§9.2). At most
 	// MaxSubflows; default DefaultMaxSubflows.
 	MaxSubflows uint32
-	// HeaderTimeout bounds the wait for a complete MP_CONVERT header.
-	// Default DefaultHeaderTimeout.
+	// HeaderTimeout bounds the wait for a complete MP_CONVERT header, and
+	// that for the client's handshake. Default DefaultHeaderTimeout.
 	HeaderTimeout time.Duration
+	// TrustSYNData acts on a leg's header as soon as its SYN arrives with
+	// it (TCP Fast Open), before the client has completed its handshake:
+	// the connection to the destination then starts half a round trip of
+	// the leg earlier. Set it only where clients cannot forge their source
+	// addresses (ingress filtering, BCP 38, as section 9.2 of the draft
+	// asks): a forged SYN would make the MCP connect, and send the SYN's
+	// data, wherever it names. By default the MCP waits for the handshake
+	// and does nothing for a client that does not complete it.
+	TrustSYNData bool
 	// DialTimeout bounds the connection to the destination. Default
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -370,6 +379,14 @@ func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay,
 	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	client := remote.Addr().Unmap()
 	log := s.log.With("client", remote.String())
+	if !s.cfg.TrustSYNData {
+		// Before the client counts against its limit: a forged address
+		// must not use up another client's share.
+		if err := mptcpleg.WaitEstablished(ctx, c, time.Now().Add(s.cfg.HeaderTimeout)); err != nil {
+			s.teardown(log, c, netip.Addr{}, s.failReason(ctx, ReasonHandshake), err)
+			return
+		}
+	}
 	if !s.admit(client) {
 		s.teardown(log, c, netip.Addr{}, ReasonClientLimit, nil)
 		return

@@ -182,6 +182,76 @@ func waitConnected(ctx context.Context, f *os.File) error {
 	return connErr
 }
 
+// TCP states of struct tcp_info's tcpi_state, include/net/tcp_states.h.
+const (
+	tcpStateSynRecv = 3 // TCP_SYN_RECV
+	tcpStateClose   = 7 // TCP_CLOSE
+)
+
+// establishedRecheck bounds how long WaitEstablished trusts the kernel to
+// wake it: it looks at the state again at least this often.
+const establishedRecheck = 100 * time.Millisecond
+
+// WaitEstablished waits until the handshake of c, accepted from a Listen
+// listener, has completed, until deadline, or until ctx ends. Accept
+// returns a leg whose SYN carried data (Fast Open without cookies) as soon
+// as that SYN arrives, before the client's ACK has shown that it owns its
+// source address: a forged SYN gets this far, but never further. At the
+// deadline the error wraps os.ErrDeadlineExceeded; when ctx ends it wraps
+// ctx.Err(); a leg reset meanwhile is an error too. For an MPTCP leg the
+// kernel reports the state of the initial subflow (TCP_INFO).
+func WaitEstablished(ctx context.Context, c *net.TCPConn, deadline time.Time) error {
+	if err := waitEstablished(ctx, c, deadline); err != nil {
+		return fmt.Errorf("wait for the leg's handshake: %w", err)
+	}
+	return nil
+}
+
+func waitEstablished(ctx context.Context, c *net.TCPConn, deadline time.Time) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	defer c.SetWriteDeadline(time.Time{})
+	// A write deadline in the past wakes the waiting Write below.
+	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var state uint8
+	var infoErr error
+	check := func(fd uintptr) bool {
+		var info *unix.TCPInfo
+		info, infoErr = unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO)
+		if infoErr == nil {
+			state = info.State
+		}
+		// A socket in SYN_RECV is writable already; the state change
+		// wakes the poller again.
+		return infoErr != nil || state != tcpStateSynRecv
+	}
+	for {
+		if ctx.Err() == nil {
+			next := time.Now().Add(establishedRecheck)
+			if deadline.Before(next) {
+				next = deadline
+			}
+			c.SetWriteDeadline(next)
+		}
+		err := rc.Write(check)
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err == nil && infoErr != nil:
+			return os.NewSyscallError("getsockopt TCP_INFO", infoErr)
+		case err == nil && state == tcpStateClose:
+			return errors.New("reset during the handshake")
+		case err == nil:
+			return nil
+		case !errors.Is(err, os.ErrDeadlineExceeded) || !time.Now().Before(deadline):
+			return err
+		}
+	}
+}
+
 // Listen opens a Multipath TCP listener on addr (IPv4, or IPv6 only:
 // IPV6_V6ONLY) with TCP Fast Open and a queue of qlen pending Fast Open
 // requests (TCP_FASTOPEN). The Fast Open data of a leg's SYN, its header,

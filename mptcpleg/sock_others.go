@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"time"
 )
 
 // errNotSupported is the error of the socket functions outside Linux.
@@ -26,3 +27,8 @@ func IsMPTCP(c *net.TCPConn) (bool, error) { return false, errNotSupported }
 
 // Subflows is not supported on this OS.
 func Subflows(c *net.TCPConn) ([]Subflow, error) { return nil, errNotSupported }
+
+// WaitEstablished is supported only on Linux.
+func WaitEstablished(ctx context.Context, c *net.TCPConn, deadline time.Time) error {
+	return errNotSupported
+}

@@ -69,6 +69,7 @@ func run(args []string) error {
 	table := fs.Int("table", mcpgw.DefaultOnPathTable, "on-path: routing table for local delivery")
 	rulePref := fs.Int("rule-pref", mcpgw.DefaultOnPathRulePref, "on-path: priority of the routing rule")
 	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client address")
+	trustSYNData := fs.Bool("trust-syn-data", false, "connect as soon as a leg's SYN brings its header, before the client's handshake completes: only where clients cannot forge source addresses")
 	cpuProfile := fs.String("cpuprofile", "", "debugging: write a CPU profile to `file` until mcpgw stops")
 	maxSubflows := fs.Uint("max-subflows", mcpgw.DefaultMaxSubflows, "additional subflows per MPTCP connection")
 	idle := fs.Duration("idle-timeout", 2*time.Hour, "close legs idle for this long (0: never)")
@@ -129,6 +130,7 @@ func run(args []string) error {
 		Deny:              deny.vals,
 		AllowLocal:        allowLocal.vals,
 		MaxConnsPerClient: *maxConns,
+		TrustSYNData:      *trustSYNData,
 		MaxSubflows:       uint32(*maxSubflows),
 		IdleTimeout:       *idle,
 		Logger:            log,
