@@ -16,6 +16,8 @@ type Reason string
 const (
 	// ReasonClientLimit: the client already had MaxConnsPerClient legs open.
 	ReasonClientLimit Reason = "client-limit"
+	// ReasonServerLimit: MaxConns legs were open.
+	ReasonServerLimit Reason = "server-limit"
 	// ReasonHandshake: the client did not complete its handshake within
 	// HeaderTimeout, or reset it: a SYN with data from a forged address,
 	// for one (see Config.TrustSYNData).

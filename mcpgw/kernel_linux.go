@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/mcpagent/mcpagent/mptcpleg"
 	"github.com/mcpagent/mcpagent/mptcppm"
@@ -81,4 +82,19 @@ func readSysctl(path string) (int, error) {
 
 func writeSysctl(path string, v int) error {
 	return os.WriteFile(path, []byte(strconv.Itoa(v)+"\n"), 0o644)
+}
+
+// filesReserved are the descriptors maxConnsForFiles leaves for listeners,
+// the relay's pipes and epoll instances, netlink sockets and logs.
+const filesReserved = 64
+
+// maxConnsForFiles returns how many legs the open-file limit (soft, which
+// Go raises to the hard limit at start) leaves room for, two descriptors
+// each.
+func maxConnsForFiles() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<30 {
+		return 1 << 29
+	}
+	return max(int(lim.Cur)-filesReserved, 2) / 2
 }

@@ -68,10 +68,17 @@ type Config struct {
 	// nevertheless reach, for a service that runs on the MCP host. It never
 	// overrides Deny or the fixed classes.
 	AllowLocal []netip.Prefix
-	// MaxConnsPerClient bounds the legs open at once from one client IP
-	// address, in any phase; a leg over the limit is torn down at once.
-	// Default DefaultMaxConnsPerClient.
+	// MaxConnsPerClient bounds the legs open at once from one client, in
+	// any phase; a leg over the limit is torn down at once. A client is an
+	// IPv4 address or an IPv6 /64: one host holds a whole /64. Default
+	// DefaultMaxConnsPerClient.
 	MaxConnsPerClient int
+	// MaxConns bounds the legs open at once from all clients together; a
+	// leg over the limit is torn down at once. Default: as many as the
+	// process's open-file limit allows, two descriptors each, so that
+	// running out of descriptors refuses new legs rather than stalling
+	// every accept and dial.
+	MaxConns int
 	// MaxSubflows is the path manager's limit of additional subflows per
 	// MPTCP connection, set in Serve's network namespace (§9.2). At most
 	// MaxSubflows; default DefaultMaxSubflows.
@@ -134,7 +141,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	addrs    []netip.AddrPort   // bound listen addresses, set once ready
-	perIP    map[netip.Addr]int // open legs per client address
+	perIP    map[netip.Addr]int // open legs per client (clientOf)
 	active   int                // open legs
 	tornDown map[Reason]uint64
 }
@@ -172,6 +179,8 @@ func New(cfg Config) (*Server, error) {
 	switch {
 	case cfg.MaxConnsPerClient < 0:
 		return nil, fmt.Errorf("max conns per client %d is negative", cfg.MaxConnsPerClient)
+	case cfg.MaxConns < 0:
+		return nil, fmt.Errorf("max conns %d is negative", cfg.MaxConns)
 	case cfg.MaxSubflows > MaxSubflows:
 		return nil, fmt.Errorf("max subflows %d is over the kernel's limit %d", cfg.MaxSubflows, MaxSubflows)
 	case cfg.HeaderTimeout < 0 || cfg.DialTimeout < 0 || cfg.IdleTimeout < 0:
@@ -179,6 +188,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxConnsPerClient == 0 {
 		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = maxConnsForFiles()
 	}
 	if cfg.MaxSubflows == 0 {
 		cfg.MaxSubflows = DefaultMaxSubflows
@@ -377,7 +389,7 @@ func (s *Server) acceptLoop(ctx context.Context, ln *net.TCPListener, rl *relay.
 // destination.
 func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay, onPath bool) {
 	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	client := remote.Addr().Unmap()
+	client := clientOf(remote.Addr())
 	log := s.log.With("client", remote.String())
 	if !s.cfg.TrustSYNData {
 		// Before the client counts against its limit: a forged address
@@ -387,8 +399,8 @@ func (s *Server) handleLeg(ctx context.Context, c *net.TCPConn, rl *relay.Relay,
 			return
 		}
 	}
-	if !s.admit(client) {
-		s.teardown(log, c, netip.Addr{}, ReasonClientLimit, nil)
+	if reason := s.admit(client); reason != "" {
+		s.teardown(log, c, netip.Addr{}, reason, nil)
 		return
 	}
 	fail := func(reason Reason, err error) { s.teardown(log, c, client, reason, err) }
@@ -534,16 +546,29 @@ func dialServer(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Co
 	return d.DialContext(ctx, "tcp", dst.String())
 }
 
-// admit counts a new leg from client, unless client is at the limit.
-func (s *Server) admit(client netip.Addr) bool {
+// clientOf returns the client a leg from addr counts against: the IPv4
+// address, or the IPv6 /64 (as its first address).
+func clientOf(addr netip.Addr) netip.Addr {
+	addr = addr.Unmap()
+	if addr.Is4() {
+		return addr
+	}
+	return netip.PrefixFrom(addr, 64).Masked().Addr()
+}
+
+// admit counts a new leg from client, or returns why it must not open.
+func (s *Server) admit(client netip.Addr) Reason {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.perIP[client] >= s.cfg.MaxConnsPerClient {
-		return false
+	switch {
+	case s.active >= s.cfg.MaxConns:
+		return ReasonServerLimit
+	case s.perIP[client] >= s.cfg.MaxConnsPerClient:
+		return ReasonClientLimit
 	}
 	s.perIP[client]++
 	s.active++
-	return true
+	return ""
 }
 
 // release uncounts a leg that admit counted.

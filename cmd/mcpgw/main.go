@@ -68,7 +68,8 @@ func run(args []string) error {
 	tproxyMark := fs.Uint("tproxy-mark", mcpgw.DefaultOnPathTProxyMark, "on-path: mark of packets delivered locally")
 	table := fs.Int("table", mcpgw.DefaultOnPathTable, "on-path: routing table for local delivery")
 	rulePref := fs.Int("rule-pref", mcpgw.DefaultOnPathRulePref, "on-path: priority of the routing rule")
-	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client address")
+	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client (IPv4 address or IPv6 /64)")
+	maxTotal := fs.Int("max-conns", 0, "legs open at once from all clients (0: as many as the open-file limit allows)")
 	trustSYNData := fs.Bool("trust-syn-data", false, "connect as soon as a leg's SYN brings its header, before the client's handshake completes: only where clients cannot forge source addresses")
 	cpuProfile := fs.String("cpuprofile", "", "debugging: write a CPU profile to `file` until mcpgw stops")
 	maxSubflows := fs.Uint("max-subflows", mcpgw.DefaultMaxSubflows, "additional subflows per MPTCP connection")
@@ -130,6 +131,7 @@ func run(args []string) error {
 		Deny:              deny.vals,
 		AllowLocal:        allowLocal.vals,
 		MaxConnsPerClient: *maxConns,
+		MaxConns:          *maxTotal,
 		TrustSYNData:      *trustSYNData,
 		MaxSubflows:       uint32(*maxSubflows),
 		IdleTimeout:       *idle,
