@@ -211,17 +211,34 @@ func (i *Interceptor) release(h *hold, v Verdict) {
 
 // verdictLocked sends verdict v for packet id, which was queued with mark.
 // i.mu must be held.
+//
+// A packet whose verdict never reaches the kernel stays queued, holding one
+// of the queue's slots until the queue is unbound; with enough of them the
+// queue fills and every SYN bypasses the agent. So a failed verdict is sent
+// once more, and if that fails too the packet is accepted as it came.
 func (i *Interceptor) verdictLocked(id uint32, v Verdict, mark uint32) {
+	queued := mark
 	switch v {
 	case Convert:
 		mark = mark&^i.cfg.MarkMask | i.cfg.ConvertMark
 	case Reject:
 		mark = mark&^i.cfg.MarkMask | i.cfg.RejectMark
 	}
-	if err := i.q.verdict(id, v, mark); err != nil {
-		i.verdictErrors.Add(1)
-		i.log.Error("send verdict", "queue", i.cfg.Queue, "id", id, "verdict", v, "err", err)
+	err := i.q.verdict(id, v, mark)
+	if err == nil {
+		return
 	}
+	i.verdictErrors.Add(1)
+	i.log.Error("send verdict", "queue", i.cfg.Queue, "id", id, "verdict", v, "err", err)
+	for _, retry := range []Verdict{v, Accept} {
+		if err = i.q.verdict(id, retry, mark); err == nil {
+			i.log.Info("verdict sent again", "queue", i.cfg.Queue, "id", id, "verdict", retry)
+			return
+		}
+		i.verdictErrors.Add(1)
+		mark = queued
+	}
+	i.log.Error("send verdict: packet left in the queue", "queue", i.cfg.Queue, "id", id, "err", err)
 }
 
 // Close accepts every packet the Handler still holds, then unbinds the

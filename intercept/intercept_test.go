@@ -25,7 +25,8 @@ type fakeQueue struct {
 	mu       sync.Mutex
 	sent     []sent
 	closes   int
-	fail     error // returned by verdict when set
+	fail     error // returned by verdict when set, for failN calls if failN > 0
+	failN    int
 	afterEnd []sent
 
 	// loop is held by a test's receive loop around each packet; close
@@ -56,6 +57,13 @@ func (q *fakeQueue) verdict(id uint32, v Verdict, mark uint32) error {
 		return errors.New("socket closed")
 	}
 	if q.fail != nil {
+		if q.failN == 0 {
+			return q.fail
+		}
+		q.failN--
+		if q.failN == 0 {
+			defer func() { q.fail = nil }()
+		}
 		return q.fail
 	}
 	if v != Convert && v != Reject {
@@ -174,12 +182,33 @@ func TestReleaseLaterAndTwice(t *testing.T) {
 	}
 }
 
-func TestVerdictErrorCounted(t *testing.T) {
-	i, q := newTest(t, func(s SYN, release func(Verdict)) { release(Accept) })
-	q.fail = errors.New("no buffer space")
-	i.receive(1, 0, testSYN4)
-	if diff := cmp.Diff(Stats{Queued: 1, Accepted: 1, VerdictErrors: 1}, i.Stats()); diff != "" {
-		t.Errorf("Stats (-want +got):\n%s", diff)
+// TestVerdictErrors checks what follows a verdict the kernel did not get:
+// the same verdict once more, then the packet accepted as it came, so that
+// it does not hold a slot of the queue for good.
+func TestVerdictErrors(t *testing.T) {
+	tests := []struct {
+		name     string
+		failures int // of the verdicts sent, in order; -1: all
+		want     []sent
+		errors   uint64
+	}{
+		{"sent again", 1, []sent{{1, Convert, 0x70177}}, 1},
+		{"accepted instead", 2, []sent{{1, Accept, 0}}, 2},
+		{"left in the queue", -1, nil, 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			i, q := newTest(t, func(s SYN, release func(Verdict)) { release(Convert) })
+			q.fail = errors.New("no buffer space")
+			q.failN = max(tc.failures, 0)
+			i.receive(1, 0x70077, testSYN4)
+			if diff := cmp.Diff(tc.want, q.verdicts()); diff != "" {
+				t.Errorf("verdicts (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(Stats{Queued: 1, Converted: 1, VerdictErrors: tc.errors}, i.Stats()); diff != "" {
+				t.Errorf("Stats (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
