@@ -44,12 +44,20 @@ type flow struct {
 
 // How long the converter remembers a released flow: a ready leg waits
 // claimTTL for the LAN handshake to reach the listener; a decision is kept
-// decidedTTL so that a SYN retransmitted meanwhile gets the same verdict
-// (a converted SYN's twin must not go direct, and vice versa).
+// decidedTTL after the last copy of its SYN so that a SYN retransmitted
+// meanwhile gets the same verdict (a SYN let through direct must not be
+// converted when it comes again, nor the reverse: the client would get two
+// different SYN-ACKs). Linux retransmits a SYN after 1, 3, 7, 15 and 31 s,
+// Windows after 3 and 9 s; each copy restarts the time.
 const (
 	claimTTL   = 10 * time.Second
-	decidedTTL = 3 * time.Second
+	decidedTTL = 30 * time.Second
 )
+
+// maxRemembered bounds the flows the converter keeps: past it, a new
+// decision is not remembered (its retransmitted SYN is decided afresh), so
+// that a LAN host flooding SYNs cannot grow the map without bound.
+const maxRemembered = 16384
 
 // defaultMaxDialing bounds the legs being opened at once, so a LAN host
 // flooding SYNs costs at most that many sockets; past it new flows take the
@@ -137,16 +145,18 @@ func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) 
 		return
 	}
 	if f, ok := c.flows[key]; ok {
-		c.mu.Unlock()
-		c.stats.Duplicates.Add(1)
+		v := f.verdict
 		switch f.state {
 		case flowDialing:
-			release(intercept.Drop) // the first copy is still held
+			v = intercept.Drop // the first copy is still held
 		case flowReady:
-			release(intercept.Convert)
+			v = intercept.Convert
 		default:
-			release(f.verdict)
+			f.expires = c.now().Add(decidedTTL)
 		}
+		c.mu.Unlock()
+		c.stats.Duplicates.Add(1)
+		release(v)
 		return
 	}
 	d := c.policy.Decide(policy.Flow{Src: s.Src, Dst: s.Dst, NativeMPTCP: s.MPTCP != intercept.NativeNone})
@@ -160,7 +170,9 @@ func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) 
 	}
 	if d.Action != policy.Convert {
 		v := verdictFor(d.Action)
-		c.flows[key] = &flow{state: flowDecided, verdict: v, expires: c.now().Add(decidedTTL)}
+		if len(c.flows) < maxRemembered {
+			c.flows[key] = &flow{state: flowDecided, verdict: v, expires: c.now().Add(decidedTTL)}
+		}
 		c.mu.Unlock()
 		c.countDecision(d)
 		c.log.Debug("syn not converted", "src", s.Src, "dst", s.Dst, "reason", d.Reason, "action", d.Action)

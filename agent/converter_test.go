@@ -480,3 +480,61 @@ func TestAcceptLoopStopsDuringBackoff(t *testing.T) {
 		t.Errorf("the loop ended %v after it was stopped: it sat out its wait", d)
 	}
 }
+
+// A SYN retransmitted after its flow was let through direct gets the same
+// verdict although the MCP has come back meanwhile: converting it would
+// give the client a second, different SYN-ACK. Each copy keeps the
+// decision for decidedTTL more.
+func TestRetransmittedSYNKeepsItsVerdict(t *testing.T) {
+	d := newFakeDialer(t)
+	d.fail[testMCP] = errors.New("connection refused")
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
+	now := time.Unix(1000, 0)
+	c.now = func() time.Time { return now }
+	v := make(verdicts, 1)
+	syn := intercept.SYN{Src: lanSrc, Dst: srvDst}
+	c.handleSYN(syn, v.release)
+	if got := v.next(t); got != intercept.Accept {
+		t.Fatalf("first SYN with the MCP down: %v, want Accept", got)
+	}
+	delete(d.fail, testMCP)
+	c.policy.Succeeded(testMCP)
+	// Linux's retransmissions come 1, 3, 7, 15 and 31 s after the SYN.
+	for _, at := range []time.Duration{1, 3, 7, 15, 31} {
+		now = time.Unix(1000, 0).Add(at * time.Second)
+		c.sweep()
+		c.handleSYN(syn, v.release)
+		if got := v.next(t); got != intercept.Accept {
+			t.Fatalf("SYN retransmitted after %v s: %v, want Accept as the first", int(at), got)
+		}
+	}
+	// Forgotten decidedTTL after the last copy: the same 4-tuple much later
+	// is a new connection.
+	now = now.Add(decidedTTL)
+	c.sweep()
+	c.handleSYN(syn, v.release)
+	if got := v.next(t); got != intercept.Convert {
+		t.Fatalf("SYN %v after the last copy: %v, want Convert", decidedTTL, got)
+	}
+}
+
+// Decisions are remembered only up to maxRemembered flows: a LAN host
+// flooding SYNs to new ports cannot grow the converter's map without
+// bound.
+func TestRememberedFlowsAreBounded(t *testing.T) {
+	d := newFakeDialer(t)
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}, Fallback: policy.Reject}, d)
+	v := make(verdicts, 1)
+	for i := range maxRemembered + 100 {
+		src := netip.AddrPortFrom(lanSrc.Addr(), uint16(1024+i%60000))
+		dst := netip.AddrPortFrom(srvDst.Addr(), uint16(1+i/60000))
+		c.handleSYN(intercept.SYN{Src: src, Dst: dst, MPTCP: intercept.NativeCapable}, v.release)
+		v.next(t)
+	}
+	c.mu.Lock()
+	n := len(c.flows)
+	c.mu.Unlock()
+	if n != maxRemembered {
+		t.Errorf("%d flows remembered, want at most %d", n, maxRemembered)
+	}
+}
