@@ -190,9 +190,12 @@ func run(o options) error {
 			continue
 		}
 		r := newRunner(phase.name, dir, log)
+		phaseStart := time.Now()
 		if msg := r.run(func() { phase.f(r) }); msg != "" {
 			fmt.Fprintf(log, "bench: %s phase stopped: %s\n", phase.name, msg)
 		}
+		// Where the time goes, against the 15 minutes make bench must keep to.
+		fmt.Fprintf(log, "bench: %s phase took %v\n", phase.name, time.Since(phaseStart).Round(time.Second))
 	}
 	res.Duration = time.Since(start).Round(time.Second).String()
 	res.summarize()
@@ -269,6 +272,8 @@ func (b *bench) measure(r *runner, tb *testbed.Testbed, f func(sr *runner, s *sy
 				return
 			}
 			sr := newRunner(fmt.Sprintf("%s rep %d system %s", r.name, rep+1, s.id), b.dir, r.log)
+			start := time.Now()
+			var quiet time.Duration
 			if msg := sr.run(func() {
 				// The router's connection tracking forgets the last
 				// system's connections: its NAT and redirect bindings
@@ -276,9 +281,11 @@ func (b *bench) measure(r *runner, tb *testbed.Testbed, f func(sr *runner, s *sy
 				if out, err := tb.Command(context.Background(), "cpe", b.self, "ctflush").CombinedOutput(); err != nil {
 					sr.Fatalf("%v: %s", err, out)
 				}
+				quietStart := time.Now()
 				if err := waitQuiet(); err != nil {
 					fmt.Fprintf(r.log, "bench: %s: %v\n", sr.name, err)
 				}
+				quiet = time.Since(quietStart)
 				p := s.start(sr, tb, b)
 				errs := b.res.errors()
 				f(sr, s, p, rep)
@@ -288,6 +295,8 @@ func (b *bench) measure(r *runner, tb *testbed.Testbed, f func(sr *runner, s *sy
 			}); msg != "" {
 				fmt.Fprintf(r.log, "bench: %s: %s\n", sr.name, msg)
 			}
+			fmt.Fprintf(r.log, "bench: %s took %v, %v of it waiting for a quiet machine\n",
+				sr.name, time.Since(start).Round(100*time.Millisecond), quiet.Round(100*time.Millisecond))
 		}
 	}
 }
