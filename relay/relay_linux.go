@@ -494,12 +494,26 @@ func (w *worker) move(p *pair, d int) (int, bool) {
 	case err != nil:
 		w.abort(p, d, fmt.Errorf("read: %w", err))
 		return 0, false
+	case n == 0 && atUrgentMark(p.fds[d]):
+		// splice stops at a TCP urgent mark as at an EOF, and the
+		// EPOLLPRI that handle acts on may not have come yet: read
+		// steps over the urgent byte.
+		dir.noSplice = true
+		return 0, true
 	case n == 0:
 		dir.eof = true
 		return 0, true
 	}
 	p.last = w.now
 	return int(n), w.spliceOut(p, d, int(n))
+}
+
+// atUrgentMark reports whether the next byte to read from the socket fd is
+// TCP urgent data (SIOCATMARK); false for sockets without urgent data,
+// such as Multipath TCP ones.
+func atUrgentMark(fd int) bool {
+	v, err := unix.IoctlGetInt(fd, unix.SIOCATMARK)
+	return err == nil && v != 0
 }
 
 // spliceOut passes the n bytes in the worker's pipe to the destination of

@@ -369,6 +369,61 @@ func TestUrgentData(t *testing.T) {
 	}
 }
 
+// TestSpliceStopsAtUrgentMark lets the urgent byte, the data after it and
+// the FIN arrive before the relay reads: splice takes the bytes before the
+// mark and then returns 0 there as at an EOF, and the direction must go on
+// with read, not end. The worker is driven by hand, without the EPOLLPRI
+// that handle would otherwise act on first.
+func TestSpliceStopsAtUrgentMark(t *testing.T) {
+	r := newRelay(t, Config{Workers: 1})
+	w, err := newWorker(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.release()
+	f := newFixture(t, newListener(t, false), newListener(t, false))
+	defer f.closePeers()
+	defer f.a.Close()
+	defer f.b.Close()
+	p := &pair{conns: [2]*net.TCPConn{f.a, f.b}}
+	for s, c := range p.conns {
+		if p.fds[s], err = socketFD(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fd, err := socketFD(f.peerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.peerA.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Sendto(fd, []byte("!"), unix.MSG_OOB, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.peerA.Write([]byte("def")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.peerA.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the FIN without reading: a read would take a's bytes.
+	pfd := []unix.PollFd{{Fd: int32(p.fds[0]), Events: unix.POLLRDHUP}}
+	if n, err := unix.Poll(pfd, int(testDeadline.Milliseconds())); n != 1 || err != nil {
+		t.Fatalf("a never got its peer's FIN: poll %d, %v", n, err)
+	}
+	for i := 0; i < 10 && !p.dirs[0].eof; i++ {
+		w.move(p, 0)
+	}
+	if !p.dirs[0].eof || p.closed {
+		t.Fatalf("direction a to b: eof %v, closed %v after 10 moves; want the EOF after the data", p.dirs[0].eof, p.closed)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(f.peerB, buf); err != nil || string(buf) != "abcdef" {
+		t.Fatalf("b's peer read %q, %v; want \"abcdef\"", buf, err)
+	}
+}
+
 // TestWorkerChoiceWraps adds a pair when the counter that spreads pairs
 // over the workers has passed 2³¹: on a 32-bit router the index must not
 // turn negative.
