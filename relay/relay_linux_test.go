@@ -329,6 +329,25 @@ func TestHalfClose(t *testing.T) {
 	}
 }
 
+// sendUrgentThenClose sends urgent as TCP urgent data (MSG_OOB) on c, then
+// rest, then its FIN.
+func sendUrgentThenClose(t *testing.T, c *net.TCPConn, urgent, rest string) {
+	t.Helper()
+	fd, err := socketFD(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Sendto(fd, []byte(urgent), unix.MSG_OOB, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte(rest)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestUrgentData relays a byte stream with TCP urgent data in it from a
 // plain TCP peer: as with a direct connection read without SO_OOBINLINE,
 // the other peer gets every byte but the urgent one, and the EOF after
@@ -338,10 +357,6 @@ func TestUrgentData(t *testing.T) {
 	f := newFixture(t, newListener(t, false), newListener(t, false))
 	defer f.closePeers()
 	e := add(t, r, f)
-	fd, err := socketFD(f.peerA)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := f.peerA.Write([]byte("abc")); err != nil {
 		t.Fatal(err)
 	}
@@ -350,15 +365,7 @@ func TestUrgentData(t *testing.T) {
 	if _, err := io.ReadFull(f.peerB, buf); err != nil || string(buf) != "abc" {
 		t.Fatalf("b's peer read %q, %v; want \"abc\"", buf, err)
 	}
-	if err := unix.Sendto(fd, []byte("!"), unix.MSG_OOB, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.peerA.Write([]byte("def")); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.peerA.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
+	sendUrgentThenClose(t, f.peerA, "!", "def")
 	got, err := io.ReadAll(f.peerB)
 	if err != nil || string(got) != "def" {
 		t.Fatalf("b's peer read %q, %v after the urgent byte; want \"def\" and EOF", got, err)
@@ -391,22 +398,10 @@ func TestSpliceStopsAtUrgentMark(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fd, err := socketFD(f.peerA)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := f.peerA.Write([]byte("abc")); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Sendto(fd, []byte("!"), unix.MSG_OOB, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.peerA.Write([]byte("def")); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.peerA.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
+	sendUrgentThenClose(t, f.peerA, "!", "def")
 	// Wait for the FIN without reading: a read would take a's bytes.
 	pfd := []unix.PollFd{{Fd: int32(p.fds[0]), Events: unix.POLLRDHUP}}
 	if n, err := unix.Poll(pfd, int(testDeadline.Milliseconds())); n != 1 || err != nil {
