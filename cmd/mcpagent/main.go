@@ -47,7 +47,7 @@ func run() int {
 	load := configFlags(flag.CommandLine)
 	check := flag.Bool("check", false, "validate the configuration and exit")
 	showVersion := flag.Bool("version", false, "print the version and exit")
-	cpuProfile := flag.String("cpuprofile", "", "debugging: write a CPU profile to `file` until the agent stops")
+	cpuProfile := flag.String("cpuprofile", "", "debugging: write a CPU profile to `file` until the agent stops (builds with -tags profile)")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("mcpagent", version)

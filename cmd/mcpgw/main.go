@@ -71,7 +71,7 @@ func run(args []string) error {
 	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client (IPv4 address or IPv6 /64)")
 	maxTotal := fs.Int("max-conns", 0, "legs open at once from all clients (0: as many as the open-file limit allows)")
 	trustSYNData := fs.Bool("trust-syn-data", false, "connect as soon as a leg's SYN brings its header, before the client's handshake completes: only where clients cannot forge source addresses")
-	cpuProfile := fs.String("cpuprofile", "", "debugging: write a CPU profile to `file` until mcpgw stops")
+	cpuProfile := fs.String("cpuprofile", "", "debugging: write a CPU profile to `file` until mcpgw stops (builds with -tags profile)")
 	maxSubflows := fs.Uint("max-subflows", mcpgw.DefaultMaxSubflows, "additional subflows per MPTCP connection")
 	idle := fs.Duration("idle-timeout", 2*time.Hour, "close legs idle for this long (0: never)")
 	logLevel := fs.String("log-level", "info", "debug or info")
