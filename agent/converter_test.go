@@ -403,6 +403,22 @@ func (a *scriptedAcceptor) AcceptTCP() (*net.TCPConn, error) {
 	return nil, r.(error)
 }
 
+// runAcceptLoop runs acceptLoop on a, without a relay, until it ends,
+// failing t if that takes more than 5 s; when says what should end it.
+func runAcceptLoop(t *testing.T, a tcpAcceptor, stop <-chan struct{}, c *converter, when string) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		acceptLoop(a, stop, c, nil, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the accept loop did not end when %s", when)
+	}
+}
+
 // The accept loop outlives running out of file descriptors: it waits and
 // accepts again, and ends only when the listener is closed.
 func TestAcceptLoopOutlivesEMFILE(t *testing.T) {
@@ -424,16 +440,7 @@ func TestAcceptLoopOutlivesEMFILE(t *testing.T) {
 	a := &scriptedAcceptor{results: []any{emfile, emfile, accepted}}
 	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, newFakeDialer(t))
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		acceptLoop(a, make(chan struct{}), c, nil, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the accept loop did not end when its listener closed")
-	}
+	runAcceptLoop(t, a, make(chan struct{}), c, "its listener closed")
 	if a.calls != 4 {
 		t.Errorf("accept called %d times, want 4: two EMFILE, one connection, closed", a.calls)
 	}
@@ -463,16 +470,7 @@ func TestAcceptLoopStopsDuringBackoff(t *testing.T) {
 		}
 	}
 	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, newFakeDialer(t))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		acceptLoop(a, stop, c, nil, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the accept loop did not end when stopped")
-	}
+	runAcceptLoop(t, a, stop, c, "stopped")
 	if a.calls != 8 {
 		t.Errorf("accept called %d times, want 8: stopped in the wait after the eighth", a.calls)
 	}
