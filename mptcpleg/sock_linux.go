@@ -212,10 +212,6 @@ func waitEstablished(ctx context.Context, c *net.TCPConn, deadline time.Time) er
 	if err != nil {
 		return err
 	}
-	defer c.SetWriteDeadline(time.Time{})
-	// A write deadline in the past wakes the waiting Write below.
-	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
-	defer stop()
 	var state uint8
 	var infoErr error
 	check := func(fd uintptr) bool {
@@ -228,6 +224,17 @@ func waitEstablished(ctx context.Context, c *net.TCPConn, deadline time.Time) er
 		// wakes the poller again.
 		return infoErr != nil || state != tcpStateSynRecv
 	}
+	// Most legs are established when accepted: one look, no deadlines.
+	if err := rc.Control(func(fd uintptr) { check(fd) }); err != nil {
+		return err
+	}
+	if infoErr == nil && state != tcpStateSynRecv && state != tcpStateClose {
+		return nil
+	}
+	defer c.SetWriteDeadline(time.Time{})
+	// A write deadline in the past wakes the waiting Write below.
+	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
 	for {
 		if ctx.Err() == nil {
 			next := time.Now().Add(establishedRecheck)
