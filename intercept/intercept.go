@@ -224,21 +224,21 @@ func (i *Interceptor) verdictLocked(id uint32, v Verdict, mark uint32) {
 	case Reject:
 		mark = mark&^i.cfg.MarkMask | i.cfg.RejectMark
 	}
-	err := i.q.verdict(id, v, mark)
-	if err == nil {
-		return
-	}
-	i.verdictErrors.Add(1)
-	i.log.Error("send verdict", "queue", i.cfg.Queue, "id", id, "verdict", v, "err", err)
-	for _, retry := range []Verdict{v, Accept} {
-		if err = i.q.verdict(id, retry, mark); err == nil {
-			i.log.Info("verdict sent again", "queue", i.cfg.Queue, "id", id, "verdict", retry)
+	attempts := []struct {
+		v    Verdict
+		mark uint32
+	}{{v, mark}, {v, mark}, {Accept, queued}}
+	for n, a := range attempts {
+		err := i.q.verdict(id, a.v, a.mark)
+		if err == nil {
+			if n > 0 {
+				i.log.Info("verdict sent", "queue", i.cfg.Queue, "id", id, "verdict", a.v, "attempt", n+1)
+			}
 			return
 		}
 		i.verdictErrors.Add(1)
-		mark = queued
+		i.log.Error("send verdict", "queue", i.cfg.Queue, "id", id, "verdict", a.v, "attempt", n+1, "err", err)
 	}
-	i.log.Error("send verdict: packet left in the queue", "queue", i.cfg.Queue, "id", id, "err", err)
 }
 
 // Close accepts every packet the Handler still holds, then unbinds the
