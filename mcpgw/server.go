@@ -139,11 +139,11 @@ type Server struct {
 	converted atomic.Uint64
 	fallback  atomic.Uint64
 
-	mu       sync.Mutex
-	addrs    []netip.AddrPort   // bound listen addresses, set once ready
-	perIP    map[netip.Addr]int // open legs per client (clientOf)
-	active   int                // open legs
-	tornDown map[Reason]uint64
+	mu        sync.Mutex
+	addrs     []netip.AddrPort   // bound listen addresses, set once ready
+	perClient map[netip.Addr]int // open legs per client (clientOf)
+	active    int                // open legs
+	tornDown  map[Reason]uint64
 }
 
 // New checks cfg and returns a Server; it opens nothing.
@@ -202,12 +202,12 @@ func New(cfg Config) (*Server, error) {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	s := &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		dial:     cfg.Dial,
-		ready:    make(chan struct{}),
-		perIP:    make(map[netip.Addr]int),
-		tornDown: make(map[Reason]uint64),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		dial:      cfg.Dial,
+		ready:     make(chan struct{}),
+		perClient: make(map[netip.Addr]int),
+		tornDown:  make(map[Reason]uint64),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -563,10 +563,10 @@ func (s *Server) admit(client netip.Addr) Reason {
 	switch {
 	case s.active >= s.cfg.MaxConns:
 		return ReasonServerLimit
-	case s.perIP[client] >= s.cfg.MaxConnsPerClient:
+	case s.perClient[client] >= s.cfg.MaxConnsPerClient:
 		return ReasonClientLimit
 	}
-	s.perIP[client]++
+	s.perClient[client]++
 	s.active++
 	return ""
 }
@@ -581,8 +581,8 @@ func (s *Server) release(client netip.Addr) {
 // releaseLocked is release with s.mu held.
 func (s *Server) releaseLocked(client netip.Addr) {
 	s.active--
-	if s.perIP[client]--; s.perIP[client] <= 0 {
-		delete(s.perIP, client)
+	if s.perClient[client]--; s.perClient[client] <= 0 {
+		delete(s.perClient, client)
 	}
 }
 
