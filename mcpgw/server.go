@@ -485,9 +485,17 @@ func (s *Server) failReason(ctx context.Context, r Reason) Reason {
 	return r
 }
 
+// firstReadLen bounds readHeader's reads: the longest header and one
+// full-size segment. Without Fast Open the header comes in a segment of its
+// own and the client's first data right behind it; taking both in one read
+// lets that data reach the server in one write instead of cut at the
+// header's maximum length, with the rest following a relay wakeup later.
+const firstReadLen = mptcpleg.MaxHeaderLen + 1500
+
 // readHeader reads from c until its first bytes are a complete MP_CONVERT
-// header, within HeaderTimeout; it reads no more than MaxHeaderLen bytes.
-// extra are the bytes read after the header: data of the original SYN.
+// header, within HeaderTimeout; it reads no more than firstReadLen bytes.
+// extra are the bytes read after the header: data of the original SYN, and
+// whatever the client sent after it that had arrived.
 // It returns a non-empty Reason if the leg must be torn down.
 func (s *Server) readHeader(ctx context.Context, c *net.TCPConn) (opts []mptcpleg.Option, extra []byte, r Reason, err error) {
 	if err := c.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout)); err != nil {
@@ -495,7 +503,7 @@ func (s *Server) readHeader(ctx context.Context, c *net.TCPConn) (opts []mptcple
 	}
 	// On shutdown, unblock the read at once.
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
-	var buf [mptcpleg.MaxHeaderLen]byte
+	var buf [firstReadLen]byte
 	n := 0
 	for {
 		m, rerr := c.Read(buf[n:])
