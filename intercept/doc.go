@@ -26,7 +26,8 @@
 // The package must never hold up the network: it fails open. Its receive
 // loop never blocks, so the Handler must not either. A packet that does not
 // parse as a SYN is accepted at once. When the queue is full, or the socket
-// cannot take a packet, the kernel accepts it (NFQA_CFG_F_FAIL_OPEN). Close
+// cannot take a packet, the kernel accepts it (NFQA_CFG_F_FAIL_OPEN).
+// ExpireHeld accepts the SYNs a faulty Handler has held too long. Close
 // accepts every SYN still held; when no socket is bound, --queue-bypass
 // accepts. If the process dies, the kernel drops the SYNs it held for it
 // and their senders' retransmissions pass through the bypass. The package

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Verdict is what becomes of a held SYN.
@@ -92,7 +93,8 @@ type Stats struct {
 	Accepted, Converted, Rejected, Dropped uint64
 
 	ClosedAccepted uint64 // packets Close accepted: held when it began, or queued while it ran
-	ReleasedLate   uint64 // release calls after Close had accepted the packet
+	Expired        uint64 // packets ExpireHeld accepted: the Handler held them too long
+	ReleasedLate   uint64 // release calls after Close or ExpireHeld had accepted the packet
 	ReleasedTwice  uint64 // release calls for a packet the Handler had already released (ignored)
 	VerdictErrors  uint64 // verdicts that could not be sent to the kernel
 	ReceiveErrors  uint64 // errors the receive loop logged and survived
@@ -118,7 +120,7 @@ type Interceptor struct {
 
 	queued, parseErrors                    atomic.Uint64
 	accepted, converted, rejected, dropped atomic.Uint64
-	closedAccepted, late, twice            atomic.Uint64
+	closedAccepted, expired, late, twice   atomic.Uint64
 	verdictErrors, receiveErrors           atomic.Uint64
 
 	closeOnce sync.Once
@@ -131,13 +133,16 @@ type Interceptor struct {
 	mu     sync.Mutex
 	closed bool             // Close has begun: packets are accepted at once
 	held   map[uint32]*hold // by kernel packet id: shown to the Handler, not yet released
+
+	now func() time.Time // the clock of holds; tests replace it
 }
 
 // hold is one packet shown to the Handler.
 type hold struct {
-	id    uint32 // the kernel's packet id
-	mark  uint32 // the packet's mark when it was queued
-	swept bool   // Close accepted it
+	id    uint32    // the kernel's packet id
+	mark  uint32    // the packet's mark when it was queued
+	since time.Time // when it was shown to the Handler
+	swept bool      // Close or ExpireHeld accepted it
 }
 
 func newInterceptor(cfg Config) (*Interceptor, error) {
@@ -151,7 +156,7 @@ func newInterceptor(cfg Config) (*Interceptor, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Interceptor{cfg: cfg, log: log, held: make(map[uint32]*hold)}, nil
+	return &Interceptor{cfg: cfg, log: log, held: make(map[uint32]*hold), now: time.Now}, nil
 }
 
 // receive handles packet id, queued with the given mark; pkt is its
@@ -167,7 +172,7 @@ func (i *Interceptor) receive(id, mark uint32, pkt []byte) {
 	case i.closed:
 		i.closedAccepted.Add(1)
 	default:
-		h := &hold{id: id, mark: mark}
+		h := &hold{id: id, mark: mark, since: i.now()}
 		i.held[id] = h
 		i.mu.Unlock()
 		i.log.Debug("syn", "queue", i.cfg.Queue, "id", id, "src", s.Src, "dst", s.Dst, "mptcp", s.MPTCP, "data", s.DataLen)
@@ -266,6 +271,30 @@ func (i *Interceptor) Close() error {
 	return i.closeErr
 }
 
+// ExpireHeld accepts every packet the Handler has held for longer than
+// maxAge, unchanged, and returns how many it accepted: a Handler that fails
+// to release a SYN, through a bug or a wedged goroutine, must not hold its
+// connection up for good, nor fill the queue. A release of such a packet
+// later is counted in Stats.ReleasedLate and sends nothing. It scans every
+// held packet, so it is meant for a periodic sweep, not for each packet.
+func (i *Interceptor) ExpireHeld(maxAge time.Duration) int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	oldest := i.now().Add(-maxAge)
+	n := 0
+	for id, h := range i.held {
+		if !h.since.Before(oldest) {
+			continue
+		}
+		h.swept = true
+		delete(i.held, id)
+		i.expired.Add(1)
+		i.verdictLocked(id, Accept, 0)
+		n++
+	}
+	return n
+}
+
 // Stats returns the counters. It may be called at any time, also after
 // Close.
 func (i *Interceptor) Stats() Stats {
@@ -280,6 +309,7 @@ func (i *Interceptor) Stats() Stats {
 		Rejected:       i.rejected.Load(),
 		Dropped:        i.dropped.Load(),
 		ClosedAccepted: i.closedAccepted.Load(),
+		Expired:        i.expired.Load(),
 		ReleasedLate:   i.late.Load(),
 		ReleasedTwice:  i.twice.Load(),
 		VerdictErrors:  i.verdictErrors.Load(),

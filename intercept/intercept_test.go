@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/mcpagent/mcpagent/intercept/intercepttest"
@@ -178,6 +179,40 @@ func TestReleaseLaterAndTwice(t *testing.T) {
 		t.Errorf("verdicts (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff(Stats{Queued: 2, Converted: 1, Rejected: 1, ReleasedTwice: 1}, i.Stats()); diff != "" {
+		t.Errorf("Stats (-want +got):\n%s", diff)
+	}
+}
+
+// TestExpireHeld checks that SYNs held past the age limit are accepted
+// unchanged, that younger ones stay held, and that the Handler's late
+// release of an expired SYN sends nothing.
+func TestExpireHeld(t *testing.T) {
+	releases := make(chan func(Verdict), 3)
+	i, q := newTest(t, func(s SYN, release func(Verdict)) { releases <- release })
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	i.now = func() time.Time { return now }
+	var r [4]func(Verdict)
+	for id := uint32(1); id <= 3; id++ {
+		i.receive(id, 0x70077, testSYN4)
+		r[id] = <-releases
+		now = now.Add(time.Second)
+	}
+	// Held for 3, 2 and 1 s.
+	if n := i.ExpireHeld(2 * time.Second); n != 1 {
+		t.Errorf("ExpireHeld(2s) = %d, want 1", n)
+	}
+	if n := i.ExpireHeld(1500 * time.Millisecond); n != 1 {
+		t.Errorf("ExpireHeld(1.5s) = %d, want 1", n)
+	}
+	if diff := cmp.Diff([]sent{{1, Accept, 0}, {2, Accept, 0}}, q.verdicts()); diff != "" {
+		t.Errorf("verdicts of expired SYNs (-want +got):\n%s", diff)
+	}
+	r[1](Convert)
+	r[3](Convert)
+	if diff := cmp.Diff([]sent{{1, Accept, 0}, {2, Accept, 0}, {3, Convert, 0x70177}}, q.verdicts()); diff != "" {
+		t.Errorf("verdicts (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(Stats{Queued: 3, Converted: 1, Expired: 2, ReleasedLate: 1}, i.Stats()); diff != "" {
 		t.Errorf("Stats (-want +got):\n%s", diff)
 	}
 }
