@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpagent/mcpagent/config"
@@ -163,7 +164,20 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	undo = append(undo, func() { ctl.Close() })
 	replayDHCP(cfg, prov)
 
+	// The watchdog stops first on return: undoing the steps above may take
+	// longer than it allows.
+	var beat atomic.Int64
+	beat.Store(time.Now().UnixNano())
+	watchTick := time.NewTicker(sweepInterval)
+	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		watch(watchTick.C, stopWatch, &beat, wedgedAfter, func(stalled time.Duration) { crash(log, stalled) })
+	}()
+	undo = append(undo, func() { watchTick.Stop(); close(stopWatch); <-watchDone })
+
 	log.Info("agent running", "lan", cfg.LANInterfaces, "uplinks", len(cfg.Uplinks), "mcp", cfg.MCP.Addrs, "mcp_source", mcpSource(cfg), "fallback", cfg.Fallback)
+	maxHold := time.Duration(cfg.LegTimeout) + heldSYNGrace
 	tick := time.NewTicker(sweepInterval)
 	defer tick.Stop()
 	for {
@@ -173,6 +187,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 			return nil
 		case <-tick.C:
 			conv.sweep()
+			if n := ic.ExpireHeld(maxHold); n > 0 {
+				log.Error("SYNs held past their leg's timeout; accepted unconverted", "count", n, "max_hold", maxHold.String())
+			}
 			for _, m := range pol.DueProbes(time.Now()) {
 				probes.Add(1)
 				go func() {
@@ -180,6 +197,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 					probe(legCtx, pol, m, time.Duration(cfg.LegTimeout), log)
 				}()
 			}
+			beat.Store(time.Now().UnixNano())
 		}
 	}
 }

@@ -1,0 +1,48 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+)
+
+// wedgedAfter is how long the agent's periodic sweep may go without
+// finishing a round before the watchdog takes the agent for wedged. The
+// sweep takes the locks that every SYN takes, so a deadlock on one of them
+// stops it; a busy router delays it by seconds at most.
+const wedgedAfter = 30 * time.Second
+
+// heldSYNGrace is how long past the leg timeout a SYN may stay held before
+// the sweep accepts it unconverted: the converter always releases a SYN
+// within the leg timeout, so one held longer shows a fault.
+const heldSYNGrace = 5 * time.Second
+
+// watch calls wedged once, and returns, at the first tick at which the last
+// beat is more than limit old; it returns when stop closes. beat holds the
+// time of the last beat in Unix nanoseconds.
+func watch(ticks <-chan time.Time, stop <-chan struct{}, beat *atomic.Int64, limit time.Duration, wedged func(stalled time.Duration)) {
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-ticks:
+			if stalled := now.Sub(time.Unix(0, beat.Load())); stalled > limit {
+				wedged(stalled)
+				return
+			}
+		}
+	}
+}
+
+// crash ends a wedged agent. A process that holds the queue but no longer
+// answers it holds up every new connection of the LAN; once it has exited,
+// the kernel lets SYNs bypass the queue and the service manager restarts
+// it. The undo steps of Run do not run: they would wait on the same locks.
+// The stacks of all goroutines go to standard error, to show the deadlock.
+func crash(log *slog.Logger, stalled time.Duration) {
+	log.Error("agent wedged: its sweep has stopped; exiting so that SYNs bypass the queue", "stalled", stalled.Round(time.Millisecond).String())
+	debug.SetTraceback("all")
+	panic(fmt.Sprintf("agent wedged: no sweep for %s", stalled.Round(time.Millisecond)))
+}

@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestWatch feeds the watchdog beats and ticks at chosen times: it must
+// stay quiet while beats come, fire once when they stop for longer than
+// the limit, and return without firing when stopped.
+func TestWatch(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	type step struct {
+		tick bool    // a tick, else a beat
+		at   float64 // seconds after t0
+	}
+	beat := func(s float64) step { return step{false, s} }
+	tick := func(s float64) step { return step{true, s} }
+	tests := []struct {
+		name  string
+		steps []step // after a beat at t0
+		want  []time.Duration
+	}{
+		{"beating", []step{tick(1), beat(1), tick(2), beat(2), tick(31), beat(31), tick(61)}, nil},
+		{"exactly at the limit", []step{tick(30)}, nil},
+		{"stopped", []step{tick(1), beat(1), tick(2), tick(31), tick(32)}, []time.Duration{31 * time.Second}},
+		{"fires once", []step{tick(31), tick(32), tick(33)}, []time.Duration{31 * time.Second}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var last atomic.Int64
+			last.Store(t0.UnixNano())
+			ticks, stop, done := make(chan time.Time), make(chan struct{}), make(chan struct{})
+			var got []time.Duration
+			go func() {
+				defer close(done)
+				watch(ticks, stop, &last, wedgedAfter, func(d time.Duration) { got = append(got, d) })
+			}()
+			for _, s := range tc.steps {
+				at := t0.Add(time.Duration(s.at * float64(time.Second)))
+				if !s.tick {
+					last.Store(at.UnixNano())
+					continue
+				}
+				select {
+				case ticks <- at:
+				case <-done: // fired and returned: later ticks go nowhere
+				}
+			}
+			close(stop)
+			<-done
+			if len(got) != len(tc.want) || (len(got) == 1 && got[0] != tc.want[0]) {
+				t.Errorf("wedged called with %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestCrash runs crash in a child process: it must exit with an error
+// status, say why, and print the stacks of all goroutines, the one parked
+// on a lock included.
+func TestCrash(t *testing.T) {
+	if os.Getenv("MCPAGENT_TEST_CRASH") == "1" {
+		var mu sync.Mutex
+		mu.Lock()
+		go func() { mu.Lock() }() // a goroutine parked on a lock, as in a deadlock
+		time.Sleep(10 * time.Millisecond)
+		crash(slog.New(slog.NewTextHandler(os.Stderr, nil)), 31*time.Second)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrash$")
+	cmd.Env = append(os.Environ(), "MCPAGENT_TEST_CRASH=1")
+	out, err := cmd.CombinedOutput()
+	var exitErr *exec.ExitError
+	if !errors.As(err, &exitErr) || exitErr.ExitCode() == 0 {
+		t.Fatalf("child ended with %v, want a non-zero exit status\n%s", err, out)
+	}
+	for _, want := range []string{
+		`msg="agent wedged: its sweep has stopped; exiting so that SYNs bypass the queue" stalled=31s`,
+		"panic: agent wedged: no sweep for 31s",
+		"[sync.Mutex.Lock]", // the parked goroutine's stack
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("child's output lacks %q:\n%s", want, out)
+		}
+	}
+}
