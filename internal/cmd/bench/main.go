@@ -93,7 +93,7 @@ func main() {
 	fs.IntVar(&o.connRate, "conn-rate", 5000, "new connections a second offered")
 	fs.DurationVar(&o.connFor, "conn-for", 3*time.Second, "how long the connection rate is offered")
 	fs.IntVar(&o.ttfbN, "ttfb-requests", 200, "HTTP requests per TTFB run")
-	fs.DurationVar(&o.bulkFor, "bulk-for", 5*time.Second, "duration of a goodput run (after 1 s omitted)")
+	fs.DurationVar(&o.bulkFor, "bulk-for", 4*time.Second, "duration of a goodput run (after 1 s omitted)")
 	fs.StringVar(&o.command, "command", "", "the command line to record (default: this one)")
 	fs.Parse(os.Args[1:])
 	o.systems = strings.Split(*systems, ",")
