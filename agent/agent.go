@@ -166,13 +166,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 
 	// The watchdog stops first on return: undoing the steps above may take
 	// longer than it allows.
-	var beat atomic.Int64
-	beat.Store(time.Now().UnixNano())
+	start := time.Now()
+	var beat atomic.Int64 // time.Duration since start
 	watchTick := time.NewTicker(sweepInterval)
 	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		watch(watchTick.C, stopWatch, &beat, wedgedAfter, func(stalled time.Duration) { crash(log, stalled) })
+		watch(watchTick.C, stopWatch, start, &beat, wedgedAfter, func(stalled time.Duration) { crash(log, stalled) })
 	}()
 	undo = append(undo, func() { watchTick.Stop(); close(stopWatch); <-watchDone })
 
@@ -197,7 +197,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 					probe(legCtx, pol, m, time.Duration(cfg.LegTimeout), log)
 				}()
 			}
-			beat.Store(time.Now().UnixNano())
+			beat.Store(int64(time.Since(start)))
 		}
 	}
 }

@@ -21,14 +21,16 @@ const heldSYNGrace = 5 * time.Second
 
 // watch calls wedged once, and returns, at the first tick at which the last
 // beat is more than limit old; it returns when stop closes. beat holds the
-// time of the last beat in Unix nanoseconds.
-func watch(ticks <-chan time.Time, stop <-chan struct{}, beat *atomic.Int64, limit time.Duration, wedged func(stalled time.Duration)) {
+// time of the last beat as a time.Duration since start: with start and the
+// ticks from time.Now, the monotonic clock measures, so that a router
+// setting its clock at boot does not look wedged.
+func watch(ticks <-chan time.Time, stop <-chan struct{}, start time.Time, beat *atomic.Int64, limit time.Duration, wedged func(stalled time.Duration)) {
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-ticks:
-			if stalled := now.Sub(time.Unix(0, beat.Load())); stalled > limit {
+			if stalled := now.Sub(start) - time.Duration(beat.Load()); stalled > limit {
 				wedged(stalled)
 				return
 			}

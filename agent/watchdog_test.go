@@ -35,20 +35,20 @@ func TestWatch(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var last atomic.Int64
-			last.Store(t0.UnixNano())
+			var last atomic.Int64 // since t0
 			ticks, stop, done := make(chan time.Time), make(chan struct{}), make(chan struct{})
 			var got []time.Duration
 			go func() {
 				defer close(done)
-				watch(ticks, stop, &last, wedgedAfter, func(d time.Duration) { got = append(got, d) })
+				watch(ticks, stop, t0, &last, wedgedAfter, func(d time.Duration) { got = append(got, d) })
 			}()
 			for _, s := range tc.steps {
-				at := t0.Add(time.Duration(s.at * float64(time.Second)))
+				d := time.Duration(s.at * float64(time.Second))
 				if !s.tick {
-					last.Store(at.UnixNano())
+					last.Store(int64(d))
 					continue
 				}
+				at := t0.Add(d)
 				select {
 				case ticks <- at:
 				case <-done: // fired and returned: later ticks go nowhere
