@@ -63,10 +63,10 @@ func TestWatch(t *testing.T) {
 	}
 }
 
-// TestCrash runs crash in a child process: it must exit with an error
-// status, say why, and print the stacks of all goroutines, the one parked
-// on a lock included.
-func TestCrash(t *testing.T) {
+// TestCrashInChild runs crash in a child process: it must exit with an
+// error status, say why, and print the stacks of all goroutines, the one
+// parked on a lock included.
+func TestCrashInChild(t *testing.T) {
 	if os.Getenv("MCPAGENT_TEST_CRASH") == "1" {
 		var mu sync.Mutex
 		mu.Lock()
@@ -75,7 +75,7 @@ func TestCrash(t *testing.T) {
 		crash(slog.New(slog.NewTextHandler(os.Stderr, nil)), 31*time.Second)
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrash$")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashInChild$")
 	cmd.Env = append(os.Environ(), "MCPAGENT_TEST_CRASH=1")
 	out, err := cmd.CombinedOutput()
 	var exitErr *exec.ExitError
