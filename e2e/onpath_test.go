@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mcpagent/mcpagent/internal/testbed"
 	"github.com/mcpagent/mcpagent/mptcpleg"
@@ -124,13 +125,41 @@ func TestIntegrationOnPath(t *testing.T) {
 
 	t.Run("source option ignored without -preserve-source", func(t *testing.T) {
 		gw.Stop()
-		startGW()
+		gw = startGW()
 		srv := b.Capture(t, "srv", "eth0", "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
 		sum, _, err := b.fetch(b.url(false, httpPort, small), "--max-time", "120")
 		if err != nil || sum != b.files[small] {
 			t.Fatalf("download: sum %s err %v", sum, err)
 		}
 		checkServerSYN(t, srv.Stop(), mcprDown, false)
+	})
+
+	// One listener per destination port, at most -max-ports of them: a
+	// port beyond is reset (the agent falls back to the direct path) until
+	// a listener has seen no SYN for -port-idle and goes to the new port.
+	t.Run("listeners bounded per port", func(t *testing.T) {
+		gw.Stop()
+		gw = startGW("-max-ports", "1", "-port-idle", "3s")
+		other := func(wantSrc string) {
+			t.Helper()
+			srv := b.Capture(t, "srv", "eth0", "tcp dst port "+mptcpPort+" and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
+			out := b.Run(t, "lan", "curl", "-sS", "--fail", "--max-time", "10", b.url(false, mptcpPort, "mptcp"))
+			if strings.TrimSpace(out) != "tcp" {
+				t.Fatalf("the server saw %q, want a plain TCP connection", out)
+			}
+			checkServerSYN(t, srv.Stop(), wantSrc, false)
+		}
+		if sum, _, err := b.fetch(b.url(false, httpPort, small), "--max-time", "60"); err != nil || sum != b.files[small] {
+			t.Fatalf("download: sum %s err %v", sum, err)
+		}
+		start := time.Now()
+		fallback := b.status(t).Counters["fallback"]
+		other(cpeDSL) // reset by mcpr: direct, from the CPE's NAT address
+		if c := b.status(t).Counters; c["fallback"] != fallback+1 {
+			t.Errorf("counters %v: want one more fallback than %d", c, fallback)
+		}
+		time.Sleep(time.Until(start.Add(3500 * time.Millisecond)))
+		other(mcprDown) // the idle listener of port 8080 went to this port
 	})
 }
 

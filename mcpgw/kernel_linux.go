@@ -90,11 +90,12 @@ const filesReserved = 64
 
 // maxConnsForFiles returns how many legs the open-file limit (soft, which
 // Go raises to the hard limit at start) leaves room for, two descriptors
-// each.
-func maxConnsForFiles() int {
+// each, besides filesReserved and the extra descriptors of the on-path
+// listeners.
+func maxConnsForFiles(extra int) int {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur > 1<<30 {
 		return 1 << 29
 	}
-	return max(int(lim.Cur)-filesReserved, 2) / 2
+	return max(int(lim.Cur)-filesReserved-extra, 2) / 2
 }

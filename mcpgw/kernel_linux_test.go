@@ -21,7 +21,10 @@ func TestMaxConnsForFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &orig)
-	if n := maxConnsForFiles(); n != 500 {
-		t.Errorf("maxConnsForFiles() with 1064 descriptors = %d, want 500", n)
+	if n := maxConnsForFiles(0); n != 500 {
+		t.Errorf("maxConnsForFiles(0) with 1064 descriptors = %d, want 500", n)
+	}
+	if n := maxConnsForFiles(256); n != 372 {
+		t.Errorf("maxConnsForFiles(256) with 1064 descriptors = %d, want 372", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/mcpagent/mcpagent/intercept"
 )
@@ -19,6 +20,8 @@ const (
 	DefaultOnPathTProxyMark  = 0x03000000
 	DefaultOnPathTable       = 5125
 	DefaultOnPathRulePref    = 900
+	DefaultOnPathMaxPorts    = 256
+	DefaultOnPathPortIdle    = time.Minute
 )
 
 // OnPath makes a Server an on-path MCP (draft-boucadair-mptcp-plain-mode
@@ -41,11 +44,22 @@ const (
 // forwarded, its MP_CONVERT would reach the server as data. TProxyMark,
 // Table and RulePriority deliver the terminated connections' packets
 // locally. Zero fields take the defaults.
+//
+// Any host on the path can ask for a listener on every port, with SYNs
+// whose source it may forge, so the listeners are bounded: at most
+// MaxPorts are open at once. A SYN for one more port closes the listener
+// whose port has seen no SYN for the longest time, if that is at least
+// PortIdle ago; otherwise it is reset. Connections a closed listener
+// accepted go on, but cannot add subflows. A listener holds its port on
+// the loopback address, so a local service that binds the port while it
+// is open fails: start local services first.
 type OnPath struct {
 	Queue                               uint16
 	ConvertMark, RejectMark, TProxyMark uint32
 	MarkMask                            uint32
 	Table, RulePriority                 int
+	MaxPorts                            int
+	PortIdle                            time.Duration
 }
 
 // withDefaults returns o with its zero fields set to the defaults.
@@ -71,6 +85,12 @@ func (o OnPath) withDefaults() OnPath {
 	if o.RulePriority == 0 {
 		o.RulePriority = DefaultOnPathRulePref
 	}
+	if o.MaxPorts == 0 {
+		o.MaxPorts = DefaultOnPathMaxPorts
+	}
+	if o.PortIdle == 0 {
+		o.PortIdle = DefaultOnPathPortIdle
+	}
 	return o
 }
 
@@ -95,6 +115,10 @@ func (o OnPath) validate() error {
 		return fmt.Errorf("on-path routing table %d is reserved or out of range", o.Table)
 	case o.RulePriority < 1 || o.RulePriority >= 32766:
 		return fmt.Errorf("on-path rule priority %d is not in 1-32765", o.RulePriority)
+	case o.MaxPorts < 1 || o.MaxPorts > 2*65535:
+		return fmt.Errorf("on-path port limit %d is not in 1-131070", o.MaxPorts)
+	case o.PortIdle < 0:
+		return fmt.Errorf("on-path port idle time %v is negative", o.PortIdle)
 	}
 	return nil
 }

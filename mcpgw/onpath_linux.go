@@ -37,10 +37,21 @@ type onPathRuntime struct {
 	ic     *intercept.Interceptor
 	wg     sync.WaitGroup // decision goroutines
 
-	mu     sync.Mutex
-	closed bool
-	ports  map[portKey]*portListener
+	now func() time.Time
+
+	mu       sync.Mutex
+	closed   bool
+	ports    map[portKey]*portListener
+	fullWarn time.Time // when a reset for lack of listeners was last logged as a warning
 }
+
+// errPortsFull means a SYN needs a listener for one more port, and all
+// OnPath.MaxPorts of them have seen SYNs within OnPath.PortIdle.
+var errPortsFull = errors.New("every on-path listener has seen SYNs recently")
+
+// fullWarnEvery spaces the warnings about errPortsFull, which a flood of
+// SYNs to many ports would otherwise repeat for each.
+const fullWarnEvery = time.Minute
 
 type portKey struct {
 	v6   bool
@@ -49,16 +60,32 @@ type portKey struct {
 
 // portListener is the transparent listener of one port, opened once.
 type portListener struct {
-	done chan struct{} // closed when ln or err is set
-	ln   *net.TCPListener
-	err  error
+	done    chan struct{} // closed when ln or err is set
+	ln      *net.TCPListener
+	err     error
+	lastSYN time.Time // guarded by onPathRuntime.mu
+}
+
+// idlestPort returns the port of the open listener in ports whose last SYN
+// is the oldest, if that SYN came before cutoff.
+func idlestPort(ports map[portKey]*portListener, cutoff time.Time) (portKey, bool) {
+	var idlest portKey
+	var at time.Time
+	found := false
+	for k, p := range ports {
+		if p.ln == nil || !p.lastSYN.Before(cutoff) || found && !p.lastSYN.Before(at) {
+			continue
+		}
+		idlest, at, found = k, p.lastSYN, true
+	}
+	return idlest, found
 }
 
 // startOnPath installs the routing and the rules of o, binds its queue and
 // returns the running MCP; accept is called, from any goroutine, with
 // every listener it opens. On error it leaves nothing behind.
 func startOnPath(o OnPath, log *slog.Logger, accept func(*net.TCPListener)) (_ *onPathRuntime, err error) {
-	r := &onPathRuntime{o: o, log: log, accept: accept, ports: make(map[portKey]*portListener)}
+	r := &onPathRuntime{o: o, log: log, accept: accept, now: time.Now, ports: make(map[portKey]*portListener)}
 	defer func() {
 		if err != nil {
 			r.close()
@@ -125,7 +152,7 @@ func (r *onPathRuntime) handleSYN(s intercept.SYN, release func(intercept.Verdic
 		key := portKey{v6: s.Dst.Addr().Is6(), port: s.Dst.Port()}
 		r.goDecide(release, func() intercept.Verdict {
 			if _, err := r.listener(key); err != nil {
-				r.log.Warn("cannot terminate on-path connection; resetting it", "src", s.Src, "dst", s.Dst, "err", err)
+				r.logReset(s, err)
 				return intercept.Reject
 			}
 			r.log.Debug("terminating on-path connection", "src", s.Src, "dst", s.Dst)
@@ -140,6 +167,7 @@ func (r *onPathRuntime) handleSYN(s intercept.SYN, release func(intercept.Verdic
 			if !local {
 				return intercept.Accept
 			}
+			r.touch(portKey{v6: s.Dst.Addr().Is6(), port: s.Dst.Port()})
 			r.log.Debug("terminating subflow", "src", s.Src, "dst", s.Dst, "token", s.Token)
 			return intercept.Convert
 		})
@@ -166,20 +194,60 @@ func (r *onPathRuntime) goDecide(release func(intercept.Verdict), decide func() 
 	}()
 }
 
-// listener returns the transparent listener of key, opening it and handing
-// it to accept on first use.
-func (r *onPathRuntime) listener(key portKey) (*net.TCPListener, error) {
+// logReset logs why a SYN that should have been terminated is reset.
+func (r *onPathRuntime) logReset(s intercept.SYN, err error) {
+	level := slog.LevelWarn
+	if errors.Is(err, errPortsFull) {
+		now := r.now()
+		r.mu.Lock()
+		if now.Sub(r.fullWarn) < fullWarnEvery {
+			level = slog.LevelDebug
+		} else {
+			r.fullWarn = now
+		}
+		r.mu.Unlock()
+	}
+	r.log.Log(context.Background(), level, "cannot terminate on-path connection; resetting it", "src", s.Src, "dst", s.Dst, "err", err)
+}
+
+// touch records a SYN for the listener of key, if it has one.
+func (r *onPathRuntime) touch(key portKey) {
+	now := r.now()
 	r.mu.Lock()
-	p, ok := r.ports[key]
-	if !ok {
-		p = &portListener{done: make(chan struct{})}
-		r.ports[key] = p
+	if p, ok := r.ports[key]; ok {
+		p.lastSYN = now
 	}
 	r.mu.Unlock()
+}
+
+// listener returns the transparent listener of key, opening it and handing
+// it to accept on first use. With OnPath.MaxPorts listeners open it first
+// closes the idlest, or fails with errPortsFull.
+func (r *onPathRuntime) listener(key portKey) (*net.TCPListener, error) {
+	now := r.now()
+	r.mu.Lock()
+	p, ok := r.ports[key]
 	if ok {
+		p.lastSYN = now
+		r.mu.Unlock()
 		<-p.done
 		return p.ln, p.err
 	}
+	if len(r.ports) >= r.o.MaxPorts {
+		idlest, found := idlestPort(r.ports, now.Add(-r.o.PortIdle))
+		if !found {
+			r.mu.Unlock()
+			return nil, errPortsFull
+		}
+		// Its accept loop ends; the connections it accepted go on.
+		old := r.ports[idlest].ln
+		old.Close()
+		delete(r.ports, idlest)
+		r.log.Info("transparent listener closed for a busier port", "addr", old.Addr().String())
+	}
+	p = &portListener{done: make(chan struct{}), lastSYN: now}
+	r.ports[key] = p
+	r.mu.Unlock()
 	ln, err := listenTransparent(netip.AddrPortFrom(tproxyAddr(key.v6), key.port))
 	r.mu.Lock()
 	switch {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/mcpagent/mcpagent/internal/netnstest"
@@ -86,4 +87,37 @@ func TestIntegrationLocalToken(t *testing.T) {
 	}
 	sc.Close()
 	cc.Close()
+}
+
+// TestIdlestPort checks the choice of the listener a busier port may take
+// over: the open one whose last SYN is oldest, and only if that is before
+// the cutoff.
+func TestIdlestPort(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	open := func(s int) *portListener {
+		return &portListener{ln: &net.TCPListener{}, lastSYN: t0.Add(time.Duration(s) * time.Second)}
+	}
+	opening := &portListener{lastSYN: t0} // its listener is being opened
+	ports := map[portKey]*portListener{
+		{port: 80}:            open(5),
+		{port: 443}:           open(2),
+		{v6: true, port: 443}: open(3),
+		{port: 22}:            opening,
+	}
+	tests := []struct {
+		cutoff int // seconds after t0
+		want   portKey
+		found  bool
+	}{
+		{cutoff: 10, want: portKey{port: 443}, found: true},
+		{cutoff: 3, want: portKey{port: 443}, found: true},
+		{cutoff: 2}, // no open listener's last SYN is before it
+		{cutoff: 0},
+	}
+	for _, tc := range tests {
+		got, found := idlestPort(ports, t0.Add(time.Duration(tc.cutoff)*time.Second))
+		if found != tc.found || got != tc.want {
+			t.Errorf("cutoff %ds: idlestPort = %+v, %v; want %+v, %v", tc.cutoff, got, found, tc.want, tc.found)
+		}
+	}
 }

@@ -4,13 +4,14 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mcpagent/mcpagent/intercept"
 	"github.com/mcpagent/mcpagent/internal/golden"
 )
 
 func TestOnPathRules(t *testing.T) {
-	custom := OnPath{Queue: 7, MarkMask: 0xf0, ConvertMark: 0x10, RejectMark: 0x20, TProxyMark: 0x30, Table: 70, RulePriority: 80}
+	custom := OnPath{Queue: 7, MarkMask: 0xf0, ConvertMark: 0x10, RejectMark: 0x20, TProxyMark: 0x30, Table: 70, RulePriority: 80, MaxPorts: 9, PortIdle: time.Second}
 	tests := []struct {
 		name string
 		o    OnPath
@@ -54,6 +55,10 @@ func TestOnPathValidate(t *testing.T) {
 		{"same marks", func(o *OnPath) { o.TProxyMark = o.RejectMark }, "on-path reject and tproxy marks are both 0x2000000"},
 		{"local table", func(o *OnPath) { o.Table = 255 }, "on-path routing table 255"},
 		{"rule after main", func(o *OnPath) { o.RulePriority = 32766 }, "on-path rule priority 32766"},
+		{"one port", func(o *OnPath) { o.MaxPorts = 1 }, ""},
+		{"no ports", func(o *OnPath) { o.MaxPorts = -1 }, "on-path port limit -1"},
+		{"more ports than exist", func(o *OnPath) { o.MaxPorts = 2*65535 + 1 }, "on-path port limit 131071"},
+		{"negative idle time", func(o *OnPath) { o.PortIdle = -time.Second }, "on-path port idle time -1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

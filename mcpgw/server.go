@@ -75,7 +75,8 @@ type Config struct {
 	MaxConnsPerClient int
 	// MaxConns bounds the legs open at once from all clients together; a
 	// leg over the limit is torn down at once. Default: as many as the
-	// process's open-file limit allows, two descriptors each, so that
+	// process's open-file limit allows, two descriptors each, after the
+	// on-path listeners (OnPath.MaxPorts) and a few others, so that
 	// running out of descriptors refuses new legs rather than stalling
 	// every accept and dial.
 	MaxConns int
@@ -190,7 +191,11 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
 	}
 	if cfg.MaxConns == 0 {
-		cfg.MaxConns = maxConnsForFiles()
+		listeners := 0
+		if cfg.OnPath != nil {
+			listeners = cfg.OnPath.MaxPorts
+		}
+		cfg.MaxConns = maxConnsForFiles(listeners)
 	}
 	if cfg.MaxSubflows == 0 {
 		cfg.MaxSubflows = DefaultMaxSubflows
@@ -353,14 +358,15 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // acceptLoop accepts legs from ln, an on-path listener if onPath, until ctx
-// ends or ln is closed, starting handleLeg for each in wg. It returns an
-// error only if ln fails for another reason.
+// ends or ln is closed (an on-path listener may be, for a busier port),
+// starting handleLeg for each in wg. It returns an error only if ln fails
+// for another reason.
 func (s *Server) acceptLoop(ctx context.Context, ln *net.TCPListener, rl *relay.Relay, wg *sync.WaitGroup, onPath bool) error {
 	var backoff accept.Backoff
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			wait, retry := backoff.Failed(err)

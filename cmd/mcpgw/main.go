@@ -8,8 +8,8 @@
 //	      [-max-conns-per-client N] [-max-subflows N] [-idle-timeout D]
 //	      [-mode off-path|on-path] [-queue N] [-mark-mask M]
 //	      [-convert-mark M] [-reject-mark M] [-tproxy-mark M] [-table N]
-//	      [-rule-pref N] [-preserve-source CIDR]...
-//	      [-log-level debug|info] [-version]
+//	      [-rule-pref N] [-max-ports N] [-port-idle D]
+//	      [-preserve-source CIDR]... [-log-level debug|info] [-version]
 //
 // With -mode on-path it runs on a router on the path to the servers and
 // terminates the MPTCP connections whose SYN carries an empty MP_CONVERT,
@@ -68,6 +68,8 @@ func run(args []string) error {
 	tproxyMark := fs.Uint("tproxy-mark", mcpgw.DefaultOnPathTProxyMark, "on-path: mark of packets delivered locally")
 	table := fs.Int("table", mcpgw.DefaultOnPathTable, "on-path: routing table for local delivery")
 	rulePref := fs.Int("rule-pref", mcpgw.DefaultOnPathRulePref, "on-path: priority of the routing rule")
+	maxPorts := fs.Int("max-ports", mcpgw.DefaultOnPathMaxPorts, "on-path: destination ports with a listener at once")
+	portIdle := fs.Duration("port-idle", mcpgw.DefaultOnPathPortIdle, "on-path: a port's listener may close for another port after this long without SYNs")
 	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client (IPv4 address or IPv6 /64)")
 	maxTotal := fs.Int("max-conns", 0, "legs open at once from all clients (0: as many as the open-file limit allows)")
 	trustSYNData := fs.Bool("trust-syn-data", false, "connect as soon as a leg's SYN brings its header, before the client's handshake completes: only where clients cannot forge source addresses")
@@ -119,6 +121,8 @@ func run(args []string) error {
 			TProxyMark:   uint32(*tproxyMark),
 			Table:        *table,
 			RulePriority: *rulePref,
+			MaxPorts:     *maxPorts,
+			PortIdle:     *portIdle,
 		}
 	default:
 		return fmt.Errorf("-mode %q: want off-path or on-path", *mode)
