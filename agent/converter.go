@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mcpagent/mcpagent/intercept"
@@ -59,10 +60,12 @@ const (
 // that a LAN host flooding SYNs cannot grow the map without bound.
 const maxRemembered = 16384
 
-// defaultMaxDialing bounds the legs being opened at once, so a LAN host
-// flooding SYNs costs at most that many sockets; past it new flows take the
-// fallback at once.
-const defaultMaxDialing = 4096
+// defaultMaxPending bounds the legs being opened or open and not yet
+// claimed by an accepted LAN connection, so that a LAN host flooding SYNs
+// costs at most that many legs: a port scan's SYNs convert, but no
+// handshake follows to claim their legs, which wait claimTTL. Past it new
+// flows take the fallback at once.
+const defaultMaxPending = 4096
 
 // dialFunc opens a leg to mcp carrying header, its initial subflow from
 // local (invalid: routing chooses); tests replace it.
@@ -101,7 +104,7 @@ type converter struct {
 	// whose destination is of its family.
 	source     netip.Addr
 	legTimeout time.Duration
-	maxDialing int
+	maxPending int
 	now        func() time.Time
 	log        *slog.Logger
 	stats      converterStats
@@ -111,7 +114,7 @@ type converter struct {
 
 	mu      sync.Mutex
 	flows   map[flowKey]*flow
-	dialing int
+	pending int // flows dialing or ready
 	closed  bool
 }
 
@@ -120,7 +123,7 @@ func newConverter(ctx context.Context, p *policy.Policy, dial dialFunc, legTimeo
 		policy:     p,
 		dial:       dial,
 		legTimeout: legTimeout,
-		maxDialing: defaultMaxDialing,
+		maxPending: defaultMaxPending,
 		now:        time.Now,
 		log:        log,
 		ctx:        ctx,
@@ -164,7 +167,7 @@ func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) 
 		// The leg goes where the SYN was going; an MCP on the way takes it.
 		d = policy.Decision{Action: policy.Convert, MCP: key.dst, Reason: policy.ReasonConvert}
 	}
-	if d.Action == policy.Convert && c.dialing >= c.maxDialing {
+	if d.Action == policy.Convert && c.pending >= c.maxPending {
 		d = c.policy.Fallback()
 		d.Reason = "too-many-pending"
 	}
@@ -180,7 +183,7 @@ func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) 
 		return
 	}
 	c.flows[key] = &flow{state: flowDialing}
-	c.dialing++
+	c.pending++
 	c.wg.Add(1)
 	c.mu.Unlock()
 	go c.openLeg(key, d.MCP, release)
@@ -278,12 +281,14 @@ func (c *converter) finishLeg(key flowKey, mcp netip.AddrPort, leg *mptcpleg.Leg
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.dialing--
 	if err != nil || c.closed {
+		c.pending--
 		if leg != nil {
 			abort(leg.Conn)
 		}
-		if err != nil && c.ctx.Err() == nil && !c.onPath { // on path, mcp is the destination: no MCP health
+		// On path, mcp is the destination: no MCP health. A router out of
+		// descriptors or memory says nothing about the MCP either.
+		if err != nil && c.ctx.Err() == nil && !c.onPath && !localShortage(err) {
 			c.policy.Failed(mcp, c.now())
 		}
 		d := c.policy.Fallback()
@@ -306,6 +311,13 @@ func (c *converter) finishLeg(key flowKey, mcp netip.AddrPort, leg *mptcpleg.Leg
 	return intercept.Convert
 }
 
+// localShortage reports whether err is the router running short of
+// descriptors or memory, which would fail a leg to any MCP.
+func localShortage(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
 // claim hands over the leg of the flow that the listener just accepted.
 func (c *converter) claim(src, dst netip.AddrPort) (*mptcpleg.Leg, bool) {
 	key := newFlowKey(src, dst)
@@ -317,6 +329,7 @@ func (c *converter) claim(src, dst netip.AddrPort) (*mptcpleg.Leg, bool) {
 		return nil, false
 	}
 	delete(c.flows, key)
+	c.pending--
 	return f.leg, true
 }
 
@@ -332,6 +345,7 @@ func (c *converter) sweep() {
 		if f.state == flowReady {
 			c.stats.Unclaimed.Add(1)
 			abort(f.leg.Conn)
+			c.pending--
 		}
 		delete(c.flows, k)
 	}
@@ -349,6 +363,7 @@ func (c *converter) close() {
 	for k, f := range c.flows {
 		if f.state == flowReady {
 			abort(f.leg.Conn)
+			c.pending--
 		}
 		delete(c.flows, k)
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -310,15 +311,65 @@ func TestTooManyPendingFallsBack(t *testing.T) {
 	d := newFakeDialer(t)
 	d.gate = make(chan struct{})
 	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
-	c.maxDialing = 1
+	c.maxPending = 1
 	held, over := make(verdicts, 1), make(verdicts, 1)
 	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, held.release)
 	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst6}, over.release)
 	if got := over.next(t); got != intercept.Accept {
-		t.Fatalf("over the limit: %v, want Accept", got)
+		t.Fatalf("over the limit while dialing: %v, want Accept", got)
 	}
 	close(d.gate)
-	held.next(t)
+	if got := held.next(t); got != intercept.Convert {
+		t.Fatalf("held SYN: %v, want Convert", got)
+	}
+	// Its leg is up but not claimed, as for a port scan's SYN: it still
+	// counts.
+	other := netip.MustParseAddrPort("198.51.100.7:444")
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: other}, over.release)
+	if got := over.next(t); got != intercept.Accept {
+		t.Fatalf("over the limit with an unclaimed leg: %v, want Accept", got)
+	}
+	leg, ok := c.claim(lanSrc, srvDst)
+	if !ok {
+		t.Fatal("the ready leg could not be claimed")
+	}
+	leg.Conn.Close()
+	third := netip.MustParseAddrPort("198.51.100.7:445")
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: third}, held.release)
+	if got := held.next(t); got != intercept.Convert {
+		t.Fatalf("after the claim: %v, want Convert", got)
+	}
+	if c.pending != 1 {
+		t.Errorf("pending = %d, want 1 (the last leg)", c.pending)
+	}
+	c.now = func() time.Time { return time.Now().Add(claimTTL) }
+	c.sweep()
+	if c.pending != 0 {
+		t.Errorf("pending = %d after the sweep, want 0", c.pending)
+	}
+}
+
+// TestLocalShortageLeavesTheMCPUp: a leg that fails because the router is
+// out of descriptors falls back, but does not take the MCP down for every
+// later flow.
+func TestLocalShortageLeavesTheMCPUp(t *testing.T) {
+	d := newFakeDialer(t)
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
+	d.mu.Lock()
+	d.fail[testMCP] = fmt.Errorf("open leg to %s: %w", testMCP, os.NewSyscallError("socket", syscall.EMFILE))
+	d.mu.Unlock()
+	v := make(verdicts, 1)
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst}, v.release)
+	if got := v.next(t); got != intercept.Accept {
+		t.Fatalf("verdict = %v, want Accept (fallback)", got)
+	}
+	d.mu.Lock()
+	delete(d.fail, testMCP)
+	d.mu.Unlock()
+	c.handleSYN(intercept.SYN{Src: lanSrc, Dst: srvDst6}, v.release)
+	if got := v.next(t); got != intercept.Convert {
+		t.Fatalf("next flow: %v, want Convert: the MCP must stay up", got)
+	}
 }
 
 func TestCloseReleasesHeldSYNsUnconverted(t *testing.T) {
