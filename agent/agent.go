@@ -150,7 +150,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	if err != nil {
 		return fmt.Errorf("install firewall rules: %w", err)
 	}
-	undo = append(undo, func() { fw.Close() })
+	undo = append(undo, func() {
+		if err := fw.Close(); err != nil {
+			log.Error("remove firewall rules", "err", err)
+		}
+	})
 
 	ctl, err := control.Listen(control.Config{
 		Path:   cfg.ControlSocket,
@@ -172,7 +176,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		watch(watchTick.C, stopWatch, start, &beat, wedgedAfter, func(stalled time.Duration) { crash(log, stalled) })
+		watch(watchTick.C, stopWatch, start, &beat, sweepInterval, wedgedAfter, func(stalled time.Duration) { crash(log, stalled) })
 	}()
 	undo = append(undo, func() { watchTick.Stop(); close(stopWatch); <-watchDone })
 

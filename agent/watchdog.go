@@ -23,14 +23,24 @@ const heldSYNGrace = 5 * time.Second
 // beat is more than limit old; it returns when stop closes. beat holds the
 // time of the last beat as a time.Duration since start: with start and the
 // ticks from time.Now, the monotonic clock measures, so that a router
-// setting its clock at boot does not look wedged.
-func watch(ticks <-chan time.Time, stop <-chan struct{}, start time.Time, beat *atomic.Int64, limit time.Duration, wedged func(stalled time.Duration)) {
+// setting its clock at boot does not look wedged. Ticks come every period;
+// a tick much later than the one before shows that the whole process did
+// not run (a paused virtual machine, SIGSTOP, a starved CPU), and the
+// stall is counted afresh from it, so that the sweep gets its turn first.
+func watch(ticks <-chan time.Time, stop <-chan struct{}, start time.Time, beat *atomic.Int64, period, limit time.Duration, wedged func(stalled time.Duration)) {
+	var prev time.Time
+	var resumed time.Duration // since start: the stall counts from the later of it and the last beat
 	for {
 		select {
 		case <-stop:
 			return
 		case now := <-ticks:
-			if stalled := now.Sub(start) - time.Duration(beat.Load()); stalled > limit {
+			at := now.Sub(start)
+			if !prev.IsZero() && now.Sub(prev) > 2*period {
+				resumed = at
+			}
+			prev = now
+			if stalled := at - max(time.Duration(beat.Load()), resumed); stalled > limit {
 				wedged(stalled)
 				return
 			}

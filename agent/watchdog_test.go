@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,25 +23,35 @@ func TestWatch(t *testing.T) {
 		at   float64 // seconds after t0
 	}
 	beat := func(s float64) step { return step{false, s} }
-	tick := func(s float64) step { return step{true, s} }
+	// ticks returns a tick each second from a to b.
+	ticks := func(a, b int) []step {
+		var st []step
+		for s := a; s <= b; s++ {
+			st = append(st, step{true, float64(s)})
+		}
+		return st
+	}
+	seq := func(parts ...[]step) []step { return slices.Concat(parts...) }
 	tests := []struct {
 		name  string
-		steps []step // after a beat at t0
+		steps []step // after a beat at t0, with the watchdog ticking each second
 		want  []time.Duration
 	}{
-		{"beating", []step{tick(1), beat(1), tick(2), beat(2), tick(31), beat(31), tick(61)}, nil},
-		{"exactly at the limit", []step{tick(30)}, nil},
-		{"stopped", []step{tick(1), beat(1), tick(2), tick(31), tick(32)}, []time.Duration{31 * time.Second}},
-		{"fires once", []step{tick(31), tick(32), tick(33)}, []time.Duration{31 * time.Second}},
+		{"beating", seq(ticks(1, 1), []step{beat(1)}, ticks(2, 2), []step{beat(2)}, ticks(3, 31), []step{beat(31)}, ticks(32, 61)), nil},
+		{"exactly at the limit", ticks(1, 30), nil},
+		{"stopped", seq(ticks(1, 1), []step{beat(1)}, ticks(2, 33)), []time.Duration{31 * time.Second}},
+		{"fires once", ticks(1, 33), []time.Duration{31 * time.Second}},
+		{"process paused", seq(ticks(1, 1), []step{beat(1)}, ticks(2, 2), ticks(40, 40), []step{beat(40.5)}, ticks(41, 45)), nil},
+		{"wedged across a pause", seq(ticks(1, 1), []step{beat(1)}, ticks(2, 2), ticks(40, 72)), []time.Duration{31 * time.Second}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var last atomic.Int64 // since t0
-			ticks, stop, done := make(chan time.Time), make(chan struct{}), make(chan struct{})
+			tickc, stop, done := make(chan time.Time), make(chan struct{}), make(chan struct{})
 			var got []time.Duration
 			go func() {
 				defer close(done)
-				watch(ticks, stop, t0, &last, wedgedAfter, func(d time.Duration) { got = append(got, d) })
+				watch(tickc, stop, t0, &last, time.Second, wedgedAfter, func(d time.Duration) { got = append(got, d) })
 			}()
 			for _, s := range tc.steps {
 				d := time.Duration(s.at * float64(time.Second))
@@ -50,7 +61,7 @@ func TestWatch(t *testing.T) {
 				}
 				at := t0.Add(d)
 				select {
-				case ticks <- at:
+				case tickc <- at:
 				case <-done: // fired and returned: later ticks go nowhere
 				}
 			}
