@@ -136,8 +136,9 @@ const (
 // The capture may end anywhere after the TCP header (NFQUEUE's copy range):
 // DataLen comes from the IP length fields, not from len(pkt), and MPConvert
 // looks only at the MP_CONVERT options whose bytes were captured, at most
-// two (section 4 of the plain-mode draft); it does not check their fields
-// beyond the kind, length, subtype and D bit. ParseSYN checks
+// two (section 4 of the plain-mode draft), each of a length the draft
+// defines; it does not check their fields beyond the kind, length, subtype
+// and D bit. ParseSYN checks
 // no checksums: the kernel verified the IPv4 header before the packet was
 // queued, and the TCP checksum covers bytes the capture may not have.
 //
@@ -244,7 +245,7 @@ func classifyConvert(data []byte) MPConvert {
 	c := MPConvertNone
 	for n := 0; n < convertMaxOptions && len(data) >= 3; n++ {
 		l := int(data[1])
-		if data[0] != optMPTCP || data[2]>>4 != mptcpSubtypeConvert || l < lenConvertEmpty || l > len(data) {
+		if data[0] != optMPTCP || data[2]>>4 != mptcpSubtypeConvert || !convertLen(l) || l > len(data) {
 			break
 		}
 		if c == MPConvertNone {
@@ -256,6 +257,17 @@ func classifyConvert(data []byte) MPConvert {
 		data = data[l:]
 	}
 	return c
+}
+
+// convertLen reports whether l is the length of an MP_CONVERT option: empty,
+// or with an IPv4 or IPv6 address, each with or without a port (section 4
+// of the plain-mode draft).
+func convertLen(l int) bool {
+	switch l {
+	case lenConvertEmpty, 8, 10, 20, 22:
+		return true
+	}
+	return false
 }
 
 // parseOptions walks the TCP options of a SYN and classifies its MPTCP

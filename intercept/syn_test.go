@@ -149,6 +149,19 @@ var validSYNs = []struct {
 		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 5},
 	},
 	{
+		// Only 4, 8, 10, 20 and 22 are lengths of MP_CONVERT; a longer
+		// one would also make the verdict depend on the capture's end.
+		name: "MP_CONVERT of a length the draft does not define stops the walk",
+		pkt:  intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 6, 0xe0, 6, 1, 2, 0})),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 7},
+	},
+	{
+		name: "an empty MP_CONVERT after one of an undefined length is not looked at",
+		pkt: intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{
+			30, 9, 0xe0, 6, 1, 2, 3, 4, 5, 30, 4, 0xe0, 6, 0})),
+		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 14},
+	},
+	{
 		name: "empty MP_CONVERT cut by the capture is not seen",
 		pkt:  intercepttest.SYN(src4, dst4, intercepttest.MPCapable(), intercepttest.Payload([]byte{30, 4, 0xe0, 6, 0}))[:20+24+3],
 		want: intercept.SYN{Src: src4, Dst: dst4, MPTCP: intercept.NativeCapable, DataLen: 5},
