@@ -49,7 +49,8 @@ func TestIntegrationOnPath(t *testing.T) {
 		args = append([]string{"-mode", "on-path", "-log-level", "debug"}, args...)
 		return b.Start(t, "mcpr", "mcpgw", "on-path MCP running", b.gwBin, args...)
 	}
-	gw := startGW("-preserve-source", "10.0.1.0/24")
+	// up0 faces the ISP core and its customers; down0 the server.
+	gw := startGW("-in", "up0", "-preserve-source", "10.0.1.0/24")
 	b.startAgentYAML(agentConfigOnPath(""))
 
 	t.Run("download converted on the path", func(t *testing.T) {
@@ -125,7 +126,7 @@ func TestIntegrationOnPath(t *testing.T) {
 
 	t.Run("source option ignored without -preserve-source", func(t *testing.T) {
 		gw.Stop()
-		gw = startGW()
+		gw = startGW("-in", "up0")
 		srv := b.Capture(t, "srv", "eth0", "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
 		sum, _, err := b.fetch(b.url(false, httpPort, small), "--max-time", "120")
 		if err != nil || sum != b.files[small] {
@@ -139,7 +140,7 @@ func TestIntegrationOnPath(t *testing.T) {
 	// a listener has seen no SYN for -port-idle and goes to the new port.
 	t.Run("listeners bounded per port", func(t *testing.T) {
 		gw.Stop()
-		gw = startGW("-max-ports", "1", "-port-idle", "3s")
+		gw = startGW("-in", "up0", "-max-ports", "1", "-port-idle", "3s")
 		other := func(wantSrc string) {
 			t.Helper()
 			srv := b.Capture(t, "srv", "eth0", "tcp dst port "+mptcpPort+" and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
@@ -160,6 +161,29 @@ func TestIntegrationOnPath(t *testing.T) {
 		}
 		time.Sleep(time.Until(start.Add(3500 * time.Millisecond)))
 		other(mcprDown) // the idle listener of port 8080 went to this port
+	})
+
+	t.Run("SYNs from other interfaces pass", func(t *testing.T) {
+		gw.Stop()
+		gw = startGW("-in", "down0")
+		srv := b.Capture(t, "srv", "eth0", "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
+		if sum, _, err := b.fetch(b.url(false, httpPort, small), "--max-time", "60"); err != nil || sum != b.files[small] {
+			t.Fatalf("download: sum %s err %v", sum, err)
+		}
+		// The leg's own SYN reaches the server untouched; the server does
+		// not speak MPTCP, the agent falls back, and nothing comes from
+		// mcpr.
+		rows := tsharkFields(t, srv.Stop(), fmt.Sprintf("ip.dst == %s && tcp.dstport == %s", serverV4, httpPort), "ip.src", "tcp.options.mptcp.subtype")
+		leg := false
+		for _, r := range rows {
+			if r[0] != cpeDSL {
+				t.Errorf("the server got SYN %v; want every SYN from the CPE (%s)", r, cpeDSL)
+			}
+			leg = leg || r[1] == "0"
+		}
+		if !leg {
+			t.Errorf("no MP_CAPABLE SYN reached the server untouched: %v", rows)
+		}
 	})
 }
 

@@ -119,7 +119,7 @@ func writeNFTRule(b *strings.Builder, r rule) {
 func nftMatch(m match) []string {
 	var e []string
 	if m.inInterface != "" {
-		// validInterfaceName refuses quotes, backslashes and blanks.
+		// ValidInterfaceName refuses quotes, backslashes and blanks.
 		e = append(e, `iifname "`+m.inInterface+`"`)
 	}
 	if m.tcp && !m.syn {

@@ -56,8 +56,8 @@ func (r Rules) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, name := range r.LANInterfaces {
-		if err := validInterfaceName(name); err != nil {
-			return err
+		if err := ValidInterfaceName(name); err != nil {
+			return fmt.Errorf("LAN %w", err)
 		}
 		if seen[name] {
 			return fmt.Errorf("LAN interface %q listed twice", name)
@@ -90,20 +90,21 @@ func (r Rules) Validate() error {
 	return nil
 }
 
-// validInterfaceName follows the kernel's dev_valid_name (net/core/dev.c),
-// and also refuses '+', which iptables reads as a wildcard, and quotes,
-// which no rule syntax should have to escape.
-func validInterfaceName(name string) error {
+// ValidInterfaceName reports whether name may name an interface in a rule.
+// It follows the kernel's dev_valid_name (net/core/dev.c), and also
+// refuses '+', which iptables reads as a wildcard, and quotes, which no
+// rule syntax should have to escape.
+func ValidInterfaceName(name string) error {
 	const ifNameSize = 16 // IFNAMSIZ, including the terminating NUL
 	switch {
 	case name == "":
-		return errors.New("empty LAN interface name")
+		return errors.New("interface name is empty")
 	case len(name) >= ifNameSize:
-		return fmt.Errorf("LAN interface name %q is longer than %d bytes", name, ifNameSize-1)
+		return fmt.Errorf("interface name %q is longer than %d bytes", name, ifNameSize-1)
 	case name == "." || name == "..":
-		return fmt.Errorf("invalid LAN interface name %q", name)
+		return fmt.Errorf("invalid interface name %q", name)
 	case strings.ContainsAny(name, "/:+\"'\\") || strings.IndexFunc(name, isSpace) >= 0:
-		return fmt.Errorf("invalid character in LAN interface name %q", name)
+		return fmt.Errorf("invalid character in interface name %q", name)
 	}
 	return nil
 }

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/mcpagent/mcpagent/firewall"
 	"github.com/mcpagent/mcpagent/intercept"
 )
 
@@ -45,6 +47,13 @@ const (
 // Table and RulePriority deliver the terminated connections' packets
 // locally. Zero fields take the defaults.
 //
+// Interfaces, if not empty, are the only interfaces whose forwarded SYNs
+// are taken over: the customers' side. Otherwise SYNs from every side
+// are, also from hosts on the Internet toward the customers. Connections
+// the MCP terminates pass its INPUT and OUTPUT hooks, not FORWARD: the
+// router's forwarding rules do not see them; Config.Deny limits where
+// they go.
+//
 // Any host on the path can ask for a listener on every port, with SYNs
 // whose source it may forge, so the listeners are bounded: at most
 // MaxPorts are open at once. A SYN for one more port closes the listener
@@ -58,6 +67,7 @@ type OnPath struct {
 	ConvertMark, RejectMark, TProxyMark uint32
 	MarkMask                            uint32
 	Table, RulePriority                 int
+	Interfaces                          []string
 	MaxPorts                            int
 	PortIdle                            time.Duration
 }
@@ -120,6 +130,14 @@ func (o OnPath) validate() error {
 	case o.PortIdle < 0:
 		return fmt.Errorf("on-path port idle time %v is negative", o.PortIdle)
 	}
+	for i, name := range o.Interfaces {
+		if err := firewall.ValidInterfaceName(name); err != nil {
+			return fmt.Errorf("on-path %w", err)
+		}
+		if slices.Contains(o.Interfaces[:i], name) {
+			return fmt.Errorf("on-path interface %q listed twice", name)
+		}
+	}
 	return nil
 }
 
@@ -177,9 +195,9 @@ func tproxyAddr(v6 bool) netip.Addr {
 // transparent socket (later packets of terminated connections, and replies
 // to a preserved source address) get TProxyMark and are accepted; a SYN the
 // on-path MCP released with ConvertMark goes to TPROXY on its own port; a
-// new SYN carrying an MPTCP option (kind 30) is queued, or passes when
-// nobody reads the queue. In filter FORWARD, a SYN released with
-// RejectMark is answered with a reset.
+// new SYN carrying an MPTCP option (kind 30), from one of Interfaces if
+// any are given, is queued, or passes when nobody reads the queue. In
+// filter FORWARD, a SYN released with RejectMark is answered with a reset.
 func onPathRules(o OnPath, v6 bool) string {
 	mask := func(v uint32) string { return fmt.Sprintf("%#x/%#x", v, o.MarkMask) }
 	var b strings.Builder
@@ -189,8 +207,17 @@ func onPathRules(o OnPath, v6 bool) string {
 	fmt.Fprintf(&b, "-A %s -p tcp -m socket --transparent -j %s\n", chainOnPath, chainOnPathDivert)
 	fmt.Fprintf(&b, "-A %s -p tcp -m mark --mark %s -j TPROXY --on-port 0 --on-ip %s --tproxy-mark %s\n",
 		chainOnPath, mask(o.ConvertMark), tproxyAddr(v6), mask(o.TProxyMark))
-	fmt.Fprintf(&b, "-A %s -p tcp --syn -m tcp --tcp-option 30 -m mark --mark %s -j NFQUEUE --queue-num %d --queue-bypass\n",
-		chainOnPath, mask(0), o.Queue)
+	in := []string{""} // match options: none, or one rule per interface
+	if len(o.Interfaces) > 0 {
+		in = make([]string, len(o.Interfaces))
+		for i, name := range o.Interfaces {
+			in[i] = "-i " + name + " "
+		}
+	}
+	for _, i := range in {
+		fmt.Fprintf(&b, "-A %s %s-p tcp --syn -m tcp --tcp-option 30 -m mark --mark %s -j NFQUEUE --queue-num %d --queue-bypass\n",
+			chainOnPath, i, mask(0), o.Queue)
+	}
 	fmt.Fprintf(&b, "-A %s -j MARK --set-xmark %s\n-A %s -j ACCEPT\n", chainOnPathDivert, mask(o.TProxyMark), chainOnPathDivert)
 	fmt.Fprintf(&b, "-I PREROUTING 1 -p tcp -j %s\nCOMMIT\n", chainOnPath)
 	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", chainOnPathReject)

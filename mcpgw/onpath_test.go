@@ -11,7 +11,7 @@ import (
 )
 
 func TestOnPathRules(t *testing.T) {
-	custom := OnPath{Queue: 7, MarkMask: 0xf0, ConvertMark: 0x10, RejectMark: 0x20, TProxyMark: 0x30, Table: 70, RulePriority: 80, MaxPorts: 9, PortIdle: time.Second}
+	custom := OnPath{Queue: 7, MarkMask: 0xf0, ConvertMark: 0x10, RejectMark: 0x20, TProxyMark: 0x30, Table: 70, RulePriority: 80, Interfaces: []string{"up0", "up1"}, MaxPorts: 9, PortIdle: time.Second}
 	tests := []struct {
 		name string
 		o    OnPath
@@ -59,6 +59,10 @@ func TestOnPathValidate(t *testing.T) {
 		{"no ports", func(o *OnPath) { o.MaxPorts = -1 }, "on-path port limit -1"},
 		{"more ports than exist", func(o *OnPath) { o.MaxPorts = 2*65535 + 1 }, "on-path port limit 131071"},
 		{"negative idle time", func(o *OnPath) { o.PortIdle = -time.Second }, "on-path port idle time -1s"},
+		{"interfaces", func(o *OnPath) { o.Interfaces = []string{"up0", "br-lan.10"} }, ""},
+		{"interface twice", func(o *OnPath) { o.Interfaces = []string{"up0", "up0"} }, `on-path interface "up0" listed twice`},
+		{"interface wildcard", func(o *OnPath) { o.Interfaces = []string{"up+"} }, `on-path invalid character in interface name "up+"`},
+		{"empty interface", func(o *OnPath) { o.Interfaces = []string{""} }, "on-path interface name is empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

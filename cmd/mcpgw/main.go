@@ -8,7 +8,7 @@
 //	      [-max-conns-per-client N] [-max-subflows N] [-idle-timeout D]
 //	      [-mode off-path|on-path] [-queue N] [-mark-mask M]
 //	      [-convert-mark M] [-reject-mark M] [-tproxy-mark M] [-table N]
-//	      [-rule-pref N] [-max-ports N] [-port-idle D]
+//	      [-rule-pref N] [-in NAME]... [-max-ports N] [-port-idle D]
 //	      [-preserve-source CIDR]... [-log-level debug|info] [-version]
 //
 // With -mode on-path it runs on a router on the path to the servers and
@@ -68,6 +68,11 @@ func run(args []string) error {
 	tproxyMark := fs.Uint("tproxy-mark", mcpgw.DefaultOnPathTProxyMark, "on-path: mark of packets delivered locally")
 	table := fs.Int("table", mcpgw.DefaultOnPathTable, "on-path: routing table for local delivery")
 	rulePref := fs.Int("rule-pref", mcpgw.DefaultOnPathRulePref, "on-path: priority of the routing rule")
+	var inInterfaces []string
+	fs.Func("in", "on-path: take over SYNs forwarded from interface `NAME` only, the customers' side; repeatable (default: from every interface)", func(name string) error {
+		inInterfaces = append(inInterfaces, name)
+		return nil
+	})
 	maxPorts := fs.Int("max-ports", mcpgw.DefaultOnPathMaxPorts, "on-path: destination ports with a listener at once")
 	portIdle := fs.Duration("port-idle", mcpgw.DefaultOnPathPortIdle, "on-path: a port's listener may close for another port after this long without SYNs")
 	maxConns := fs.Int("max-conns-per-client", mcpgw.DefaultMaxConnsPerClient, "legs open at once per client (IPv4 address or IPv6 /64)")
@@ -121,6 +126,7 @@ func run(args []string) error {
 			TProxyMark:   uint32(*tproxyMark),
 			Table:        *table,
 			RulePriority: *rulePref,
+			Interfaces:   inInterfaces,
 			MaxPorts:     *maxPorts,
 			PortIdle:     *portIdle,
 		}
