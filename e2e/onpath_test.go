@@ -140,27 +140,30 @@ func TestIntegrationOnPath(t *testing.T) {
 	// a listener has seen no SYN for -port-idle and goes to the new port.
 	t.Run("listeners bounded per port", func(t *testing.T) {
 		gw.Stop()
-		gw = startGW("-in", "up0", "-max-ports", "1", "-port-idle", "3s")
-		other := func(wantSrc string) {
+		gw = startGW("-in", "up0", "-max-ports", "1", "-port-idle", "8s")
+		// get makes a small request to port, so that the time between
+		// the SYNs stays short; the server must see its SYN from wantSrc.
+		get := func(port, path, want, wantSrc string) {
 			t.Helper()
-			srv := b.Capture(t, "srv", "eth0", "tcp dst port "+mptcpPort+" and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
-			out := b.Run(t, "lan", "curl", "-sS", "--fail", "--max-time", "10", b.url(false, mptcpPort, "mptcp"))
-			if strings.TrimSpace(out) != "tcp" {
-				t.Fatalf("the server saw %q, want a plain TCP connection", out)
+			srv := b.Capture(t, "srv", "eth0", "tcp dst port "+port+" and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
+			out := b.Run(t, "lan", "curl", "-sS", "--max-time", "10", "-w", "%{http_code}", "-o", "/dev/null", b.url(false, port, path))
+			if strings.TrimSpace(out) != want {
+				t.Fatalf("GET %s on port %s: %q, want %q", path, port, out, want)
 			}
 			checkServerSYN(t, srv.Stop(), wantSrc, false)
 		}
-		if sum, _, err := b.fetch(b.url(false, httpPort, small), "--max-time", "60"); err != nil || sum != b.files[small] {
-			t.Fatalf("download: sum %s err %v", sum, err)
-		}
 		start := time.Now()
+		get(mptcpPort, "mptcp", "200", mcprDown) // takes the only listener
 		fallback := b.status(t).Counters["fallback"]
-		other(cpeDSL) // reset by mcpr: direct, from the CPE's NAT address
+		get(httpPort, "missing", "404", cpeDSL) // reset by mcpr: direct, from the CPE's NAT address
 		if c := b.status(t).Counters; c["fallback"] != fallback+1 {
 			t.Errorf("counters %v: want one more fallback than %d", c, fallback)
 		}
-		time.Sleep(time.Until(start.Add(3500 * time.Millisecond)))
-		other(mcprDown) // the idle listener of port 8080 went to this port
+		if time.Since(start) > 6*time.Second {
+			t.Fatalf("the two requests took %v: too close to -port-idle for the reset to be the limit's", time.Since(start))
+		}
+		time.Sleep(time.Until(start.Add(8500 * time.Millisecond)))
+		get(httpPort, "missing", "404", mcprDown) // the idle listener went to this port
 	})
 
 	t.Run("SYNs from other interfaces pass", func(t *testing.T) {
