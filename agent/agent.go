@@ -16,6 +16,7 @@ import (
 	"github.com/mcpagent/mcpagent/firewall"
 	"github.com/mcpagent/mcpagent/intercept"
 	"github.com/mcpagent/mcpagent/internal/accept"
+	"github.com/mcpagent/mcpagent/mptcpleg"
 	"github.com/mcpagent/mcpagent/mptcppm"
 	"github.com/mcpagent/mcpagent/policy"
 	"github.com/mcpagent/mcpagent/relay"
@@ -259,16 +260,27 @@ func acceptLoop(ln tcpAcceptor, stop <-chan struct{}, conv *converter, rl *relay
 		backoff.Succeeded()
 		src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		dst := c.LocalAddr().(*net.TCPAddr).AddrPort()
-		leg, ok := conv.claim(src, dst)
-		if !ok {
-			log.Debug("accepted connection without a leg", "src", src, "dst", dst)
-			abort(c)
+		if leg, ok := conv.claim(src, dst); ok {
+			relayPair(rl, legs, c, leg, src, dst, log)
 			continue
 		}
-		legs.add(leg, src, dst)
-		if err := rl.Add(c, leg.Conn, func(relay.Stats) { legs.remove(leg) }); err != nil {
-			legs.remove(leg)
-			log.Debug("relay refused pair", "src", src, "dst", dst, "err", err)
-		}
+		conv.openLate(src, dst, func(leg *mptcpleg.Leg, err error) {
+			if err != nil {
+				log.Debug("accepted connection without a leg; resetting it", "src", src, "dst", dst, "err", err)
+				abort(c)
+				return
+			}
+			log.Debug("leg opened for a connection accepted late", "src", src, "dst", dst)
+			relayPair(rl, legs, c, leg, src, dst, log)
+		})
+	}
+}
+
+// relayPair hands the LAN connection c of src to dst and its leg to rl.
+func relayPair(rl *relay.Relay, legs *legRegistry, c *net.TCPConn, leg *mptcpleg.Leg, src, dst netip.AddrPort, log *slog.Logger) {
+	legs.add(leg, src, dst)
+	if err := rl.Add(c, leg.Conn, func(relay.Stats) { legs.remove(leg) }); err != nil {
+		legs.remove(leg)
+		log.Debug("relay refused pair", "src", src, "dst", dst, "err", err)
 	}
 }

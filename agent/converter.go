@@ -82,7 +82,7 @@ func legDialer(fastOpen bool, cc string) dialFunc {
 
 // converterStats counts what the converter did. Fields are read atomically.
 type converterStats struct {
-	Native, Converted, Fallback, Rejected, Duplicates, Unclaimed, Orphans, TCPFallbackLegs atomic.Uint64
+	Native, Converted, Fallback, Rejected, Duplicates, Unclaimed, Orphans, LateLegs, TCPFallbackLegs atomic.Uint64
 }
 
 // converter holds SYNs while their legs open and hands each leg to the
@@ -162,15 +162,7 @@ func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) 
 		release(v)
 		return
 	}
-	d := c.policy.Decide(policy.Flow{Src: s.Src, Dst: s.Dst, NativeMPTCP: s.MPTCP != intercept.NativeNone})
-	if c.onPath && d.Reason != policy.ReasonNative {
-		// The leg goes where the SYN was going; an MCP on the way takes it.
-		d = policy.Decision{Action: policy.Convert, MCP: key.dst, Reason: policy.ReasonConvert}
-	}
-	if d.Action == policy.Convert && c.pending >= c.maxPending {
-		d = c.policy.Fallback()
-		d.Reason = "too-many-pending"
-	}
+	d := c.decideLocked(key, s.MPTCP != intercept.NativeNone)
 	if d.Action != policy.Convert {
 		v := verdictFor(d.Action)
 		if len(c.flows) < maxRemembered {
@@ -189,6 +181,22 @@ func (c *converter) handleSYN(s intercept.SYN, release func(intercept.Verdict)) 
 	go c.openLeg(key, d.MCP, release)
 }
 
+// decideLocked decides a new flow: the policy's decision, on path a leg
+// to the flow's destination, and the fallback past the pending limit.
+// c.mu must be held.
+func (c *converter) decideLocked(key flowKey, native bool) policy.Decision {
+	d := c.policy.Decide(policy.Flow{Src: key.src, Dst: key.dst, NativeMPTCP: native})
+	if c.onPath && d.Reason != policy.ReasonNative {
+		// The leg goes where the SYN was going; an MCP on the way takes it.
+		d = policy.Decision{Action: policy.Convert, MCP: key.dst, Reason: policy.ReasonConvert}
+	}
+	if d.Action == policy.Convert && c.pending >= c.maxPending {
+		d = c.policy.Fallback()
+		d.Reason = "too-many-pending"
+	}
+	return d
+}
+
 func (c *converter) countDecision(d policy.Decision) {
 	switch {
 	case d.Reason == policy.ReasonNative:
@@ -204,19 +212,66 @@ func (c *converter) countDecision(d policy.Decision) {
 // when the leg is up, else with the fallback verdict.
 func (c *converter) openLeg(key flowKey, mcp netip.AddrPort, release func(intercept.Verdict)) {
 	defer c.wg.Done()
+	leg, err := c.dialLeg(key, mcp)
+	v := c.finishLeg(key, mcp, leg, err)
+	release(v)
+}
+
+// dialLeg opens the leg of key to mcp.
+func (c *converter) dialLeg(key flowKey, mcp netip.AddrPort) (*mptcpleg.Leg, error) {
 	header, err := c.header(key)
-	var leg *mptcpleg.Leg
-	if err == nil {
-		leg, err = c.dialOverUplinks(mcp, header)
+	if err != nil {
+		return nil, err
 	}
+	leg, err := c.dialOverUplinks(mcp, header)
 	if err == nil && c.onPath && !leg.MPTCP {
 		// No MCP on the path answered: the destination itself did, and
 		// must not get the MP_CONVERT bytes as data.
-		err = errors.New("no on-path MCP: the SYN-ACK came without MP_CAPABLE")
+		abort(leg.Conn)
+		return nil, errors.New("no on-path MCP: the SYN-ACK came without MP_CAPABLE")
 	}
+	return leg, err
+}
 
-	v := c.finishLeg(key, mcp, leg, err)
-	release(v)
+// openLate opens a leg for a LAN connection that the listener accepted
+// without one: its handshake completed only after its leg had waited
+// claimTTL and been closed, as when the LAN loses SYN-ACKs. Such a
+// connection is slow, not broken, so it gets a leg now, as a new flow
+// would, rather than a reset. done gets the leg, or the error if the flow
+// is not to be converted now or its leg fails; it runs on a goroutine
+// that close waits for.
+func (c *converter) openLate(src, dst netip.AddrPort, done func(*mptcpleg.Leg, error)) {
+	key := newFlowKey(src, dst)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		done(nil, errors.New("agent stopping"))
+		return
+	}
+	d := c.decideLocked(key, false)
+	if d.Action != policy.Convert {
+		c.mu.Unlock()
+		done(nil, fmt.Errorf("flow not converted now (%s)", d.Reason))
+		return
+	}
+	c.pending++
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		leg, err := c.dialLeg(key, d.MCP)
+		c.mu.Lock()
+		c.pending--
+		if err == nil && c.closed {
+			abort(leg.Conn)
+			leg, err = nil, errors.New("agent stopping")
+		}
+		c.mu.Unlock()
+		if err == nil {
+			c.stats.LateLegs.Add(1)
+		}
+		done(leg, err)
+	}()
 }
 
 // dialOverUplinks opens the leg within legTimeout, its initial subflow over

@@ -18,6 +18,7 @@ import (
 	"github.com/mcpagent/mcpagent/intercept"
 	"github.com/mcpagent/mcpagent/mptcpleg"
 	"github.com/mcpagent/mcpagent/policy"
+	"github.com/mcpagent/mcpagent/relay"
 )
 
 var (
@@ -454,14 +455,19 @@ func (a *scriptedAcceptor) AcceptTCP() (*net.TCPConn, error) {
 	return nil, r.(error)
 }
 
-// runAcceptLoop runs acceptLoop on a, without a relay, until it ends,
+// runAcceptLoop runs acceptLoop on a, with a relay of its own, until it ends,
 // failing t if that takes more than 5 s; when says what should end it.
 func runAcceptLoop(t *testing.T, a tcpAcceptor, stop <-chan struct{}, c *converter, when string) {
 	t.Helper()
+	rl, err := relay.New(relay.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rl.Close() })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		acceptLoop(a, stop, c, nil, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		acceptLoop(a, stop, c, rl, newLegRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}()
 	select {
 	case <-done:
@@ -473,23 +479,11 @@ func runAcceptLoop(t *testing.T, a tcpAcceptor, stop <-chan struct{}, c *convert
 // The accept loop outlives running out of file descriptors: it waits and
 // accepts again, and ends only when the listener is closed.
 func TestAcceptLoopOutlivesEMFILE(t *testing.T) {
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	accepted, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, accepted := loopbackPair(t)
 	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
 	a := &scriptedAcceptor{results: []any{emfile, emfile, accepted}}
-	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, newFakeDialer(t))
+	// Without an MCP the connection, which has no leg, cannot get one.
+	c := newTestConverter(t, policy.Config{}, newFakeDialer(t))
 
 	runAcceptLoop(t, a, make(chan struct{}), c, "its listener closed")
 	if a.calls != 4 {
@@ -502,6 +496,71 @@ func TestAcceptLoopOutlivesEMFILE(t *testing.T) {
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client read %v, want a reset", err)
+	}
+}
+
+// loopbackPair returns both ends of a loopback TCP connection; t closes
+// the client's end.
+func loopbackPair(t *testing.T) (client, accepted *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	accepted, err = ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, accepted
+}
+
+// TestLateConnectionGetsALeg: a LAN connection accepted after its leg
+// expired unclaimed, as when SYN-ACKs are lost on the LAN, gets a new leg
+// and is relayed, not reset.
+func TestLateConnectionGetsALeg(t *testing.T) {
+	d := newFakeDialer(t)
+	c := newTestConverter(t, policy.Config{MCPs: []netip.AddrPort{testMCP}}, d)
+	client, accepted := loopbackPair(t)
+	src, dst := client.LocalAddr().(*net.TCPAddr).AddrPort(), client.RemoteAddr().(*net.TCPAddr).AddrPort()
+	// The SYN converted, and its leg waited claimTTL in vain.
+	now := time.Now()
+	c.now = func() time.Time { return now }
+	v := make(verdicts, 1)
+	c.handleSYN(intercept.SYN{Src: src, Dst: dst}, v.release)
+	if got := v.next(t); got != intercept.Convert {
+		t.Fatalf("verdict %v, want Convert", got)
+	}
+	now = now.Add(claimTTL)
+	c.sweep()
+
+	runAcceptLoop(t, &scriptedAcceptor{results: []any{accepted}}, make(chan struct{}), c, "its listener closed")
+	deadline := time.Now().Add(5 * time.Second)
+	for c.stats.LateLegs.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if c.stats.Unclaimed.Load() != 1 || c.stats.Orphans.Load() != 1 || c.stats.LateLegs.Load() != 1 || d.count() != 2 {
+		t.Fatalf("unclaimed %d, orphans %d, late legs %d, dials %d; want 1, 1, 1, 2",
+			c.stats.Unclaimed.Load(), c.stats.Orphans.Load(), c.stats.LateLegs.Load(), d.count())
+	}
+	// Relayed: the client's bytes reach the leg's far end, which keeps
+	// the connection open.
+	if _, err := client.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	client.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("client read %v, want nothing yet (no reset)", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending != 0 {
+		t.Errorf("pending = %d, want 0: the late leg is relayed", c.pending)
 	}
 }
 

@@ -134,6 +134,7 @@ func status(m *uplinkManager, legs *legRegistry, conv *converter) control.Status
 		"duplicate_syns":    s.Duplicates.Load(),
 		"unclaimed_legs":    s.Unclaimed.Load(),
 		"orphan_accepts":    s.Orphans.Load(),
+		"late_legs":         s.LateLegs.Load(),
 		"tcp_fallback_legs": s.TCPFallbackLegs.Load(),
 	}
 	return st
