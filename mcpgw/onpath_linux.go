@@ -37,8 +37,6 @@ type onPathRuntime struct {
 	ic     *intercept.Interceptor
 	wg     sync.WaitGroup // decision goroutines
 
-	now func() time.Time
-
 	mu       sync.Mutex
 	closed   bool
 	ports    map[portKey]*portListener
@@ -85,7 +83,7 @@ func idlestPort(ports map[portKey]*portListener, cutoff time.Time) (portKey, boo
 // returns the running MCP; accept is called, from any goroutine, with
 // every listener it opens. On error it leaves nothing behind.
 func startOnPath(o OnPath, log *slog.Logger, accept func(*net.TCPListener)) (_ *onPathRuntime, err error) {
-	r := &onPathRuntime{o: o, log: log, accept: accept, now: time.Now, ports: make(map[portKey]*portListener)}
+	r := &onPathRuntime{o: o, log: log, accept: accept, ports: make(map[portKey]*portListener)}
 	defer func() {
 		if err != nil {
 			r.close()
@@ -198,7 +196,7 @@ func (r *onPathRuntime) goDecide(release func(intercept.Verdict), decide func() 
 func (r *onPathRuntime) logReset(s intercept.SYN, err error) {
 	level := slog.LevelWarn
 	if errors.Is(err, errPortsFull) {
-		now := r.now()
+		now := time.Now()
 		r.mu.Lock()
 		if now.Sub(r.fullWarn) < fullWarnEvery {
 			level = slog.LevelDebug
@@ -212,7 +210,7 @@ func (r *onPathRuntime) logReset(s intercept.SYN, err error) {
 
 // touch records a SYN for the listener of key, if it has one.
 func (r *onPathRuntime) touch(key portKey) {
-	now := r.now()
+	now := time.Now()
 	r.mu.Lock()
 	if p, ok := r.ports[key]; ok {
 		p.lastSYN = now
@@ -224,7 +222,7 @@ func (r *onPathRuntime) touch(key portKey) {
 // it to accept on first use. With OnPath.MaxPorts listeners open it first
 // closes the idlest, or fails with errPortsFull.
 func (r *onPathRuntime) listener(key portKey) (*net.TCPListener, error) {
-	now := r.now()
+	now := time.Now()
 	r.mu.Lock()
 	p, ok := r.ports[key]
 	if ok {
