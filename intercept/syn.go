@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+
+	"github.com/mcpagent/mcpagent/mptcpleg"
 )
 
 // Native classifies the MPTCP options of a SYN.
@@ -95,15 +97,6 @@ const (
 
 	mptcpSubtypeCapable = 0
 	mptcpSubtypeJoin    = 1
-	// mptcpSubtypeConvert is MP_CONVERT's early-deployment subtype
-	// (draft-boucadair-mptcp-plain-mode section 4).
-	mptcpSubtypeConvert = 0xe
-	// convertMaxOptions is how many MP_CONVERT options a SYN may carry;
-	// lenConvertEmpty is the length of one without address or port;
-	// convertDBit is the D bit in its third byte.
-	convertMaxOptions = 2
-	lenConvertEmpty   = 4
-	convertDBit       = 0x08
 	// Lengths of the MPTCP options a SYN may carry: MP_CAPABLE version 1
 	// (RFC 8684) or version 0 (RFC 6824) and MP_JOIN.
 	lenCapableV1 = 4
@@ -243,31 +236,20 @@ func ParseSYN(pkt []byte) (SYN, error) {
 // captured SYN data.
 func classifyConvert(data []byte) MPConvert {
 	c := MPConvertNone
-	for n := 0; n < convertMaxOptions && len(data) >= 3; n++ {
-		l := int(data[1])
-		if data[0] != optMPTCP || data[2]>>4 != mptcpSubtypeConvert || !convertLen(l) || l > len(data) {
+	for range mptcpleg.MaxOptions {
+		n, source, empty, ok := mptcpleg.PeekOption(data)
+		if !ok {
 			break
 		}
 		if c == MPConvertNone {
 			c = MPConvertAddr
 		}
-		if l == lenConvertEmpty && data[2]&convertDBit == 0 {
+		if empty && !source {
 			c = MPConvertEmpty
 		}
-		data = data[l:]
+		data = data[n:]
 	}
 	return c
-}
-
-// convertLen reports whether l is the length of an MP_CONVERT option: empty,
-// or with an IPv4 or IPv6 address, each with or without a port (section 4
-// of the plain-mode draft).
-func convertLen(l int) bool {
-	switch l {
-	case lenConvertEmpty, 8, 10, 20, 22:
-		return true
-	}
-	return false
 }
 
 // parseOptions walks the TCP options of a SYN and classifies its MPTCP

@@ -20,11 +20,13 @@ const (
 	// MaxHeaderLen is the length of the longest valid header: two options
 	// with an IPv6 address and a port (22 bytes each) and the EOL byte.
 	MaxHeaderLen = 45
+	// MaxOptions is how many MP_CONVERT options a SYN may carry: "Up to
+	// two MP_CONVERT options can appear inside a SYN".
+	MaxOptions = 2
 )
 
 const (
-	kindEOL    = 0 // TCP "End of Option List"
-	maxOptions = 2 // "Up to two MP_CONVERT options can appear inside a SYN"
+	kindEOL = 0 // TCP "End of Option List"
 
 	// Option lengths, the only ones the draft defines: the 4 fixed bytes
 	// (kind, length, subtype/D/flags, protocol), then an optional IPv4 or
@@ -112,9 +114,9 @@ func checkOptions(opts []Option) error {
 	switch {
 	case len(opts) == 0:
 		return ErrNoOption
-	case len(opts) > maxOptions:
+	case len(opts) > MaxOptions:
 		return ErrTooManyOptions
-	case len(opts) == maxOptions && opts[0].Source == opts[1].Source:
+	case len(opts) == MaxOptions && opts[0].Source == opts[1].Source:
 		return ErrSameDirection
 	}
 	for i, o := range opts {
@@ -178,7 +180,7 @@ func ParseHeader(b []byte) (opts []Option, n int, err error) {
 			return nil, 0, fmt.Errorf("first byte is kind %d: %w", k, ErrKind)
 		case k != OptionKind:
 			return nil, 0, fmt.Errorf("byte %d is %#x: %w", n, k, ErrMissingEOL)
-		case len(opts) == maxOptions:
+		case len(opts) == MaxOptions:
 			return nil, 0, fmt.Errorf("option at byte %d: %w", n, ErrTooManyOptions)
 		}
 		o, l, err := parseOption(b[n:], opts)
@@ -193,6 +195,31 @@ func ParseHeader(b []byte) (opts []Option, n int, err error) {
 	}
 }
 
+// validLen reports whether l is an option length the draft defines.
+func validLen(l int) bool {
+	switch l {
+	case lenEmpty, lenIPv4, lenIPv4Port, lenIPv6, lenIPv6Port:
+		return true
+	}
+	return false
+}
+
+// PeekOption looks at the MP_CONVERT option at the start of b without
+// decoding its fields, for a classifier that sees only part of a SYN's
+// data: ok is false unless b holds all of an option of the MP_CONVERT
+// subtype and of a length the draft defines. n is the option's length,
+// source its D bit, and empty reports an option without address or port.
+func PeekOption(b []byte) (n int, source, empty, ok bool) {
+	if len(b) < 3 || b[0] != OptionKind || b[2]>>4 != SubtypeConvert {
+		return 0, false, false, false
+	}
+	n = int(b[1])
+	if !validLen(n) || n > len(b) {
+		return 0, false, false, false
+	}
+	return n, b[2]&dBit != 0, n == lenEmpty, true
+}
+
 // parseOption decodes the option at the start of b, whose first byte is
 // OptionKind; prev are the options before it.
 func parseOption(b []byte, prev []Option) (Option, int, error) {
@@ -200,9 +227,7 @@ func parseOption(b []byte, prev []Option) (Option, int, error) {
 		return Option{}, 0, ErrTruncated
 	}
 	l := int(b[1])
-	switch l {
-	case lenEmpty, lenIPv4, lenIPv4Port, lenIPv6, lenIPv6Port:
-	default:
+	if !validLen(l) {
 		return Option{}, 0, fmt.Errorf("length %d: %w", l, ErrLength)
 	}
 	if len(b) < 3 {

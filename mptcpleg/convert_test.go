@@ -289,6 +289,15 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add([]byte{0x1e, 0x16, 0xe0, 0x06, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0}) // long, truncated
 	f.Fuzz(func(t *testing.T, b []byte) {
 		opts, n, err := ParseHeader(b)
+		// PeekOption agrees with ParseHeader on every valid header's first
+		// option, and never reaches past b.
+		pn, source, empty, ok := PeekOption(b)
+		if ok && (pn > len(b) || !validLen(pn) || empty != (pn == lenEmpty)) || !ok && pn != 0 {
+			t.Fatalf("PeekOption(% x) = %d, %v, %v, %v", b, pn, source, empty, ok)
+		}
+		if err == nil && (!ok || source != opts[0].Source || empty != !opts[0].Addr.IsValid()) {
+			t.Fatalf("PeekOption(% x) = %d, %v, %v, %v; ParseHeader's first option is %+v", b, pn, source, empty, ok, opts[0])
+		}
 		if len(b) > MaxHeaderLen {
 			// Bounded: the bytes past MaxHeaderLen never matter.
 			opts2, n2, err2 := ParseHeader(b[:MaxHeaderLen])
@@ -402,4 +411,29 @@ func FuzzParseHeaderPrefixes(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestPeekOption(t *testing.T) {
+	tests := []struct {
+		name          string
+		b             []byte
+		n             int
+		source, empty bool
+		ok            bool
+	}{
+		{"empty destination", []byte{0x1e, 0x04, 0xe0, 0x06}, 4, false, true, true},
+		{"empty source", []byte{0x1e, 0x04, 0xe8, 0x06, 0x00}, 4, true, true, true},
+		{"IPv4 and port, then data", []byte{0x1e, 0x0a, 0xe0, 0x06, 198, 51, 100, 7, 0x01, 0xbb, 'G'}, 10, false, false, true},
+		{"cut short", []byte{0x1e, 0x0a, 0xe0, 0x06, 198, 51, 100, 7, 0x01}, 0, false, false, false},
+		{"undefined length", []byte{0x1e, 0x06, 0xe0, 0x06, 1, 2}, 0, false, false, false},
+		{"MP_CAPABLE", []byte{0x1e, 0x04, 0x00, 0x06}, 0, false, false, false},
+		{"another kind", []byte{0x02, 0x04, 0xe0, 0x06}, 0, false, false, false},
+		{"two bytes", []byte{0x1e, 0x04}, 0, false, false, false},
+	}
+	for _, tt := range tests {
+		n, source, empty, ok := PeekOption(tt.b)
+		if n != tt.n || source != tt.source || empty != tt.empty || ok != tt.ok {
+			t.Errorf("%s: PeekOption(% x) = %d, %v, %v, %v; want %d, %v, %v, %v", tt.name, tt.b, n, source, empty, ok, tt.n, tt.source, tt.empty, tt.ok)
+		}
+	}
 }
