@@ -27,6 +27,12 @@ import (
 // considered for a probe.
 const sweepInterval = time.Second
 
+// aliveTimeout is how long the firewall rules queue SYNs after the agent's
+// last heartbeat, which each sweep sends: three sweeps may be late before
+// SYNs flow on unconverted, and a stopped agent holds up new connections
+// for no longer than that.
+const aliveTimeout = 3 * time.Second
+
 // Run runs the agent until ctx ends, then removes everything it installed.
 // Cancellation is not an error. It fails fast, with a one-line reason, when
 // the system lacks something it needs.
@@ -119,6 +125,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		RejectMark:    rejectMark,
 		TProxyMark:    tproxyMark,
 		MarkMask:      mask,
+		AliveTimeout:  aliveTimeout,
 	}
 	for _, addr := range rules.TProxyListeners() {
 		ln, err := listenTransparent(addr)
@@ -156,6 +163,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 			log.Error("remove firewall rules", "err", err)
 		}
 	})
+	hb, err := firewall.NewHeartbeat(rules)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { hb.Close() })
+	beat := heartbeat(hb, log.With("component", "firewall"))
+	beat()
 
 	ctl, err := control.Listen(control.Config{
 		Path:   cfg.ControlSocket,
@@ -172,12 +186,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	// The watchdog stops first on return: undoing the steps above may take
 	// longer than it allows.
 	start := time.Now()
-	var beat atomic.Int64 // time.Duration since start
+	var swept atomic.Int64 // time.Duration since start
 	watchTick := time.NewTicker(sweepInterval)
 	stopWatch, watchDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		watch(watchTick.C, stopWatch, start, &beat, sweepInterval, wedgedAfter, func(stalled time.Duration) { crash(log, stalled) })
+		watch(watchTick.C, stopWatch, start, &swept, sweepInterval, wedgedAfter, func(stalled time.Duration) { crash(log, stalled) })
 	}()
 	undo = append(undo, func() { watchTick.Stop(); close(stopWatch); <-watchDone })
 
@@ -202,7 +216,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 					probe(legCtx, pol, m, time.Duration(cfg.LegTimeout), log)
 				}()
 			}
-			beat.Store(int64(time.Since(start)))
+			swept.Store(int64(time.Since(start)))
+			beat()
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"runtime/debug"
 	"sync/atomic"
 	"time"
+
+	"github.com/mcpagent/mcpagent/firewall"
 )
 
 // wedgedAfter is how long the agent's periodic sweep may go without
@@ -57,4 +59,23 @@ func crash(log *slog.Logger, stalled time.Duration) {
 	log.Error("agent wedged: its sweep has stopped; exiting so that SYNs bypass the queue", "stalled", stalled.Round(time.Millisecond).String())
 	debug.SetTraceback("all")
 	panic(fmt.Sprintf("agent wedged: no sweep for %s", stalled.Round(time.Millisecond)))
+}
+
+// heartbeat returns a function that sends one round of the firewall's
+// heartbeats, which keep SYNs coming to the queue, and logs when they start
+// failing (the rules were removed behind the agent's back, say) and when
+// they work again, not every failure.
+func heartbeat(hb *firewall.Heartbeat, log *slog.Logger) func() {
+	var failing string
+	return func() {
+		err := hb.Beat()
+		switch {
+		case err != nil && err.Error() != failing:
+			failing = err.Error()
+			log.Error("heartbeat failed: SYNs bypass the agent until one succeeds", "err", err)
+		case err == nil && failing != "":
+			failing = ""
+			log.Info("heartbeats reach the firewall rules again")
+		}
+	}
 }

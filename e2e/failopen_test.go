@@ -63,6 +63,58 @@ func TestIntegrationFailOpen(t *testing.T) {
 		}
 	})
 
+	t.Run("agent stopped: direct once its heartbeats lapse", func(t *testing.T) {
+		b.startGW()
+		defer b.gw.Stop()
+		b.waitConverted(t, url)
+		syns := b.Capture(t, "srv", "eth0", "tcp dst port "+httpPort+" and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn")
+		b.agent.Signal(syscall.SIGSTOP)
+		stopped := true
+		defer func() {
+			if stopped {
+				b.agent.Signal(syscall.SIGCONT)
+			}
+		}()
+		// A connection opened as the agent stops: its first SYN waits in
+		// the queue, a retransmission after the heartbeats lapsed (3 s)
+		// goes direct.
+		sum, took, err := b.fetch(url)
+		if err != nil || sum != want {
+			t.Fatalf("download as the agent stopped: %v", err)
+		}
+		if took > 8*time.Second {
+			t.Errorf("took %v; want the SYN retransmission after the 3 s alive timeout to go direct", took)
+		}
+		// Later connections do not wait at all.
+		time.Sleep(3500 * time.Millisecond)
+		sum, took, err = b.fetch(url)
+		if err != nil || sum != want {
+			t.Fatalf("download with the agent stopped: %v", err)
+		}
+		if took > time.Second {
+			t.Errorf("took %v with the agent stopped; SYNs must bypass the queue", took)
+		}
+		// Both connections reached the server directly from the router,
+		// none through the MCP.
+		conns := map[string]bool{}
+		for _, row := range tsharkFields(t, syns.Stop(), "tcp", "ip.src", "tcp.srcport") {
+			if row[0] == mcpAddr {
+				t.Errorf("a connection reached the server through the MCP while the agent was stopped: %v", row)
+			}
+			conns[row[1]] = true
+		}
+		if len(conns) != 2 {
+			t.Errorf("SYNs of %d connections reached the server while the agent was stopped, want 2", len(conns))
+		}
+		// Resumed, the agent converts again: its first heartbeat reopens
+		// the queue. (It takes the first connection's SYN from the queue
+		// too; the kernel drops that stale copy when it finds the
+		// connection established.)
+		b.agent.Signal(syscall.SIGCONT)
+		stopped = false
+		b.waitConverted(t, url)
+	})
+
 	t.Run("agent killed: direct", func(t *testing.T) {
 		b.agent.Signal(syscall.SIGKILL)
 		b.agent.Wait()

@@ -152,18 +152,25 @@ func acceptOne(ln net.Listener) <-chan string {
 func TestIntegrationDataPath(t *testing.T) {
 	netnstest.RequireIsolatedRoot(t)
 	netnstest.RequireTool(t, programs...)
-	testDataPath(t, func(t *testing.T, r Rules) *Firewall {
-		fw, err := Install(context.Background(), BackendIPTables, r, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return fw
-	}, func(t *testing.T, r Rules, v6 bool, port string, mark uint32) {
-		// Ahead of the agent's chain, which leaves marked SYNs alone.
-		prog := familyOf(v6).iptables
-		spec := []string{"PREROUTING", "-i", "lan0", "-p", "tcp", "--syn", "--dport", port, "-j", "MARK", "--set-xmark", markArg(markValue{mark, r.MarkMask})}
-		cmd(t, "", append([]string{prog, "-w", "-t", "mangle", "-I"}, spec...)...)
-		t.Cleanup(func() { cmd(t, "", append([]string{prog, "-w", "-t", "mangle", "-D"}, spec...)...) })
+	testDataPath(t, dataPathBackend{
+		install: func(t *testing.T, r Rules) *Firewall {
+			fw, err := Install(context.Background(), BackendIPTables, r, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fw
+		},
+		markSYN: func(t *testing.T, r Rules, v6 bool, port string, mark uint32) {
+			// Ahead of the agent's chain, which leaves marked SYNs alone.
+			prog := familyOf(v6).iptables
+			spec := []string{"PREROUTING", "-i", "lan0", "-p", "tcp", "--syn", "--dport", port, "-j", "MARK", "--set-xmark", markArg(markValue{mark, r.MarkMask})}
+			cmd(t, "", append([]string{prog, "-w", "-t", "mangle", "-I"}, spec...)...)
+			t.Cleanup(func() { cmd(t, "", append([]string{prog, "-w", "-t", "mangle", "-D"}, spec...)...) })
+		},
+		queued: func(t *testing.T, v6 bool) uint64 {
+			listing := cmd(t, "", familyOf(v6).iptables, "-w", "-t", "mangle", "-L", chainIntercept, "-n", "-v", "-x")
+			return counted(t, listing, `(?m)^\s*(\d+)\s+\d+\s+NFQUEUE`)
+		},
 	})
 }
 
@@ -188,13 +195,27 @@ var dataPathNets = []dataPathNet{
 // reset; a SYN with the convert mark, and the rest of its connection, reach
 // a transparent listener; traffic to the router's own address is left
 // alone.
-func testDataPath(t *testing.T, install func(t *testing.T, r Rules) *Firewall, markSYN func(t *testing.T, r Rules, v6 bool, port string, mark uint32)) {
+//
+// It also checks the heartbeats: SYNs reach the queue rule, as queued
+// counts them, only within AliveTimeout of a heartbeat.
+func testDataPath(t *testing.T, b dataPathBackend) {
 	for _, n := range dataPathNets {
-		t.Run(n.name, func(t *testing.T) { testDataPathNet(t, n, install, markSYN) })
+		t.Run(n.name, func(t *testing.T) { testDataPathNet(t, n, b) })
 	}
 }
 
-func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r Rules) *Firewall, markSYN func(t *testing.T, r Rules, v6 bool, port string, mark uint32)) {
+// dataPathBackend is what testDataPath needs of a backend.
+type dataPathBackend struct {
+	install func(t *testing.T, r Rules) *Firewall
+	// markSYN marks the LAN's SYNs to port with mark ahead of the rules.
+	markSYN func(t *testing.T, r Rules, v6 bool, port string, mark uint32)
+	// queued returns how many packets the queue rule of the family has
+	// taken.
+	queued func(t *testing.T, v6 bool) uint64
+}
+
+func testDataPathNet(t *testing.T, n dataPathNet, b dataPathBackend) {
+	install, markSYN := b.install, b.markSYN
 	if err := os.WriteFile(n.forwarding, []byte("1"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -209,6 +230,7 @@ func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r R
 
 	r := testRules()
 	r.LANInterfaces = []string{"lan0"}
+	r.AliveTimeout = time.Second
 	fw := install(t, r)
 	t.Cleanup(func() { fw.Close() })
 	// Stand-ins for the agent's verdicts on SYNs to ports 81 to 83, and
@@ -237,6 +259,7 @@ func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r R
 	// listener, and would refuse 82 and 83.
 	tproxyPort := fmt.Sprint(r.TProxyPort)
 	servers := map[string]<-chan string{}
+	listeners := map[string]net.Listener{}
 	inNetNS(t, server, func() {
 		for _, port := range []string{"80", "81", tproxyPort} {
 			ln, err := net.Listen(network, addr(n.server, port))
@@ -244,6 +267,7 @@ func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r R
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { ln.Close() })
+			listeners[port] = ln
 			servers[port] = acceptOne(ln)
 		}
 	})
@@ -291,11 +315,43 @@ func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r R
 		}
 	}
 
-	// Nobody reads the queue: the SYN is accepted and forwarded.
-	if err := dial(addr(n.server, "80")); err != nil {
-		t.Errorf("unmarked connection through the router: %v", err)
-	} else if got := get(servers["80"]); got != addr(n.server, "80")+" hello" {
-		t.Errorf("server on port 80 got %q", got)
+	// Nobody reads the queue: the SYN is accepted and forwarded. Before
+	// the first heartbeat it does not even reach the queue rule; within
+	// AliveTimeout of one it does; after that, no more.
+	hb, err := NewHeartbeat(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hb.Close()
+	for _, step := range []struct {
+		name   string
+		before func()
+		queued uint64
+	}{
+		{"no heartbeat yet", func() {}, 0},
+		{"heartbeat", func() {
+			if err := hb.Beat(); err != nil {
+				t.Errorf("Beat: %v", err)
+			}
+		}, 1},
+		{"heartbeat expired", func() { time.Sleep(r.AliveTimeout + 100*time.Millisecond) }, 0},
+		{"heartbeat again", func() {
+			if err := hb.Beat(); err != nil {
+				t.Errorf("Beat: %v", err)
+			}
+		}, 1},
+	} {
+		step.before()
+		before := b.queued(t, n.v6)
+		if err := dial(addr(n.server, "80")); err != nil {
+			t.Errorf("%s: unmarked connection through the router: %v", step.name, err)
+		} else if got := get(servers["80"]); got != addr(n.server, "80")+" hello" {
+			t.Errorf("%s: server on port 80 got %q", step.name, got)
+		}
+		servers["80"] = acceptOne(listeners["80"])
+		if got := b.queued(t, n.v6) - before; got != step.queued {
+			t.Errorf("%s: the queue rule took %d SYNs, want %d", step.name, got, step.queued)
+		}
 	}
 	// A server port that is the transparent listener's own: only
 	// connections the agent converted belong to that listener, which
@@ -331,5 +387,13 @@ func testDataPathNet(t *testing.T, n dataPathNet, install func(t *testing.T, r R
 	tproxy.Close()
 	if got := get(stray); got == addr(n.routerLAN, "83")+" hello" {
 		t.Error("the transparent listener got the connection to the router")
+	}
+
+	// Without the rules, a heartbeat goes through, and Beat says so.
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := hb.Beat(); err == nil || !strings.Contains(err.Error(), "no longer installed") {
+		t.Errorf("Beat without the rules: %v, want an error saying they are gone", err)
 	}
 }

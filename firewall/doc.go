@@ -16,6 +16,14 @@
 //     forward hook answers it with a TCP reset;
 //   - NF_ACCEPT without a mark: the SYN is routed normally ("direct").
 //
+// The queue rule applies only while the agent beats: Heartbeat sends a
+// marked UDP datagram to the loopback address, which a rule in the output
+// hook drops, recording the time (an nftables set whose elements time out;
+// an iptables recent list). SYNs are queued only within
+// Rules.AliveTimeout of the last heartbeat, so an agent that holds the
+// queue but no longer runs (stopped, frozen) lets them flow on, as one that
+// has exited does.
+//
 // Later packets of converted connections belong to a transparent socket;
 // they are matched with the socket match and given the TPROXY routing mark.
 // Packets to the router's own addresses, packets that are not SYNs, and
@@ -27,15 +35,17 @@
 //
 //   - nftables: a table of the agent's own, table inet mcpagent, holding
 //     both address families, with base chains in the prerouting hook at
-//     mangle priority and in the forward hook at filter priority. One nft -f
+//     mangle priority, in the forward hook at filter priority and, for the
+//     heartbeats, in the output hook at mangle priority. One nft -f
 //     transaction adds the table, deletes it and declares it anew, so it
 //     replaces whatever a killed run left; Close deletes the table. OpenWrt's
 //     fw4 flushes and deletes only its own table inet fw4, so its reloads
 //     leave the agent's table alone.
 //   - iptables: chains of the agent's own in the mangle and filter tables
-//     and jumps into them at the top of PREROUTING and FORWARD;
-//     iptables-restore --noflush loads each address family's rules
-//     atomically, after deleting the jumps a killed run left.
+//     and jumps into them at the top of PREROUTING, FORWARD and, for the
+//     heartbeats, OUTPUT; iptables-restore --noflush loads each address
+//     family's rules atomically, after deleting the jumps a killed run
+//     left.
 //
 // The nftables rules are generated as text for nft -f rather than built
 // with a netlink library such as github.com/google/nftables: the text is
@@ -51,10 +61,11 @@
 // touch rules outside its own table or chains and the jumps into them. It
 // needs CAP_NET_ADMIN. The nftables backend needs the nft program and the
 // kernel's nf_tables with the queue, tproxy, socket, fib and reject
-// expressions (OpenWrt: kmod-nft-queue, kmod-nft-tproxy, kmod-nft-socket,
-// beside fw4's kmod-nft-core and kmod-nft-fib). The iptables backend needs
+// expressions and sets with timeouts (OpenWrt: kmod-nft-queue,
+// kmod-nft-tproxy, kmod-nft-socket, beside fw4's kmod-nft-core and
+// kmod-nft-fib). The iptables backend needs
 // the iptables, iptables-restore, ip6tables and ip6tables-restore programs
 // (legacy or nf_tables based), with the kernel modules for the NFQUEUE,
-// TPROXY, MARK and REJECT targets and the socket, addrtype and mark
+// TPROXY, MARK and REJECT targets and the socket, addrtype, mark and recent
 // matches. It works on Linux only.
 package firewall

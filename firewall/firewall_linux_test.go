@@ -52,15 +52,19 @@ const expectedRules = `*mangle
 :XPREROUTING - [0:0]
 :XMCPAGENT - [0:0]
 :XMCPAGENT_DIVERT - [0:0]
+:XOUTPUT - [0:0]
+:XMCPAGENT_ALIVE - [0:0]
 -A XPREROUTING -i br-lan -p tcp -j XMCPAGENT
 -A XPREROUTING -i lan1 -p tcp -j XMCPAGENT
 -A XPREROUTING -j MARK --set-xmark 0x100/0x3f00
 -A XMCPAGENT -m addrtype --dst-type LOCAL -j RETURN
 -A XMCPAGENT -p tcp -m socket --transparent -j XMCPAGENT_DIVERT
 -A XMCPAGENT -p tcp -m mark --mark 0x01000000/0x0f000000 -j TPROXY --on-ip LOOPBACK --on-port 7070 --tproxy-mark 0x03000000/0x0f000000
--A XMCPAGENT -p tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark --mark 0/0x0f000000 -j NFQUEUE --queue-num 7 --queue-bypass
+-A XMCPAGENT -p tcp --tcp-flags SYN,ACK,FIN,RST SYN -m mark --mark 0/0x0f000000 -m recent --rcheck --seconds 3 --name mcpagent --mask NOADDR --rsource -j NFQUEUE --queue-num 7 --queue-bypass
 -A XMCPAGENT_DIVERT -j MARK --set-mark 0x03000000/0x0f000000
 -A XMCPAGENT_DIVERT -j ACCEPT
+-A XOUTPUT -o lo -p udp --dport 7070 -m mark --mark 0x03000000/0x0f000000 -j XMCPAGENT_ALIVE
+-A XMCPAGENT_ALIVE -m recent --set --name mcpagent --mask NOADDR --rsource -j DROP
 COMMIT
 *filter
 :XFORWARD - [0:0]
@@ -78,13 +82,16 @@ COMMIT
 func checkInstalled(t *testing.T) {
 	t.Helper()
 	chains := map[string][]string{
-		"mangle": {"PREROUTING", "MCPAGENT", "MCPAGENT_DIVERT"},
+		"mangle": {"PREROUTING", "MCPAGENT", "MCPAGENT_DIVERT", "OUTPUT", "MCPAGENT_ALIVE"},
 		"filter": {"FORWARD", "MCPAGENT_REJECT"},
 	}
 	for _, v6 := range []bool{false, true} {
 		fam := familyOf(v6)
-		loopback := map[bool]string{false: "127.0.0.1", true: "::1"}[v6]
-		cmd(t, strings.Replace(expectedRules, "LOOPBACK", loopback, 1), fam.restore, "-w", "--noflush")
+		addrs := map[bool]*strings.Replacer{
+			false: strings.NewReplacer("LOOPBACK", "127.0.0.1", "NOADDR", "0.0.0.0"),
+			true:  strings.NewReplacer("LOOPBACK", "::1", "NOADDR", "::"),
+		}
+		cmd(t, addrs[v6].Replace(expectedRules), fam.restore, "-w", "--noflush")
 		for table, names := range chains {
 			for _, name := range names {
 				got := appends(cmd(t, "", fam.iptables, "-w", "-t", table, "-S", name))

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // family names the iptables programs of one address family.
@@ -157,11 +158,12 @@ func tableOf(h hook) (table, builtin string) {
 		return "mangle", "PREROUTING"
 	case hookForward:
 		return "filter", "FORWARD"
+	case hookOutput:
+		return "mangle", "OUTPUT"
 	}
 	panic(fmt.Sprintf("firewall: unknown hook %d", h))
 }
 
-// tablesOf returns the tables of chains in order of first use.
 func tablesOf(chains []chain) []string {
 	var tables []string
 	for _, c := range chains {
@@ -191,6 +193,7 @@ func installSections(chains []chain, fam family) []section {
 	var sections []section
 	for _, table := range tablesOf(chains) {
 		var decls, rules, jumps []string
+		inserted := map[string]int{} // jumps so far into each built-in chain
 		for _, c := range chains {
 			t, builtin := tableOf(c.hook)
 			if t != table {
@@ -201,7 +204,8 @@ func installSections(chains []chain, fam family) []section {
 				rules = append(rules, ruleLine("-A "+c.name, r, fam))
 			}
 			for _, m := range c.entry {
-				pos := "-I " + builtin + " " + strconv.Itoa(len(jumps)+1)
+				inserted[builtin]++
+				pos := "-I " + builtin + " " + strconv.Itoa(inserted[builtin])
 				jumps = append(jumps, ruleLine(pos, rule{m, action{kind: actJump, chain: c.name}}, fam))
 			}
 		}
@@ -212,20 +216,26 @@ func installSections(chains []chain, fam family) []section {
 }
 
 func ruleLine(prefix string, r rule, fam family) string {
-	args := append(matchArgs(r.match), actionArgs(r.action, fam)...)
+	args := append(matchArgs(r.match, fam), actionArgs(r.action, fam)...)
 	return prefix + " " + strings.Join(args, " ")
 }
 
-func matchArgs(m match) []string {
+func matchArgs(m match, fam family) []string {
 	var a []string
 	if m.inInterface != "" {
 		a = append(a, "-i", m.inInterface)
+	}
+	if m.outInterface != "" {
+		a = append(a, "-o", m.outInterface)
 	}
 	if m.tcp || m.syn {
 		a = append(a, "-p", "tcp")
 	}
 	if m.syn {
 		a = append(a, "--syn")
+	}
+	if m.udpDstPort != 0 {
+		a = append(a, "-p", "udp", "--dport", strconv.Itoa(int(m.udpDstPort)))
 	}
 	if m.dstLocal {
 		a = append(a, "-m", "addrtype", "--dst-type", "LOCAL")
@@ -236,7 +246,25 @@ func matchArgs(m match) []string {
 	if m.mark != nil {
 		a = append(a, "-m", "mark", "--mark", markArg(*m.mark))
 	}
+	if m.alive != 0 {
+		a = append(append(a, aliveList(fam)...), "--rcheck", "--seconds", strconv.Itoa(int(m.alive/time.Second)))
+	}
 	return a
+}
+
+// recentList names the recent list of the heartbeats,
+// /proc/net/xt_recent/mcpagent; the kernel holds one per network namespace.
+const recentList = "mcpagent"
+
+// aliveList selects the recent list of the heartbeats, keyed by the packet's
+// source address masked to nothing: one entry per family, which a
+// heartbeat refreshes and any SYN of the family finds.
+func aliveList(fam family) []string {
+	mask := "0.0.0.0"
+	if fam.v6 {
+		mask = "::"
+	}
+	return []string{"-m", "recent", "--name", recentList, "--rsource", "--mask", mask}
 }
 
 func actionArgs(a action, fam family) []string {
@@ -255,6 +283,8 @@ func actionArgs(a action, fam family) []string {
 		return []string{"-j", "TPROXY", "--on-ip", tproxyAddr(fam.v6).String(), "--on-port", strconv.Itoa(int(a.port)), "--tproxy-mark", markArg(a.mark)}
 	case actRejectWithReset:
 		return []string{"-j", "REJECT", "--reject-with", "tcp-reset"}
+	case actBeat:
+		return append(aliveList(fam), "--set", "-j", "DROP")
 	}
 	panic(fmt.Sprintf("firewall: unknown action %d", a.kind))
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // nftTable is the agent's nftables table. It holds both address families
@@ -64,6 +65,8 @@ func nftHook(h hook) (chain, spec string) {
 		return "prerouting", "type filter hook prerouting priority mangle; policy accept;"
 	case hookForward:
 		return "forward", "type filter hook forward priority filter; policy accept;"
+	case hookOutput:
+		return "output", "type filter hook output priority mangle; policy accept;"
 	}
 	panic(fmt.Sprintf("firewall: unknown hook %d", h))
 }
@@ -76,6 +79,11 @@ func renderNFT(chains []chain) string {
 	b.WriteString("# mcpagent rules (IPv4 and IPv6)\n")
 	b.WriteString(nftReplace)
 	fmt.Fprintf(&b, "table %s {\n", nftTable)
+	if timeout := aliveTimeout(chains); timeout != 0 {
+		// The heartbeats' set: one element per address family, which
+		// each heartbeat refreshes.
+		fmt.Fprintf(&b, "\tset %s {\n\t\ttype nf_proto\n\t\tflags dynamic,timeout\n\t\ttimeout %ds\n\t}\n", nftAliveSet, timeout/time.Second)
+	}
 	var hooks []hook
 	for _, c := range chains {
 		if len(c.entry) > 0 && !slices.Contains(hooks, c.hook) {
@@ -107,6 +115,21 @@ func renderNFT(chains []chain) string {
 }
 
 // writeNFTRule writes r as one nft rule, or three for TPROXY.
+// nftAliveSet names the set of the heartbeats.
+const nftAliveSet = "alive"
+
+// aliveTimeout returns the timeout of the rules' alive match, or zero.
+func aliveTimeout(chains []chain) time.Duration {
+	for _, c := range chains {
+		for _, r := range c.rules {
+			if r.alive != 0 {
+				return r.alive
+			}
+		}
+	}
+	return 0
+}
+
 func writeNFTRule(b *strings.Builder, r rule) {
 	m := nftMatch(r.match)
 	for _, stmt := range nftStatements(r.action) {
@@ -122,6 +145,12 @@ func nftMatch(m match) []string {
 		// ValidInterfaceName refuses quotes, backslashes and blanks.
 		e = append(e, `iifname "`+m.inInterface+`"`)
 	}
+	if m.outInterface != "" {
+		e = append(e, `oifname "`+m.outInterface+`"`)
+	}
+	if m.udpDstPort != 0 {
+		e = append(e, fmt.Sprintf("udp dport %d", m.udpDstPort))
+	}
 	if m.tcp && !m.syn {
 		e = append(e, "meta l4proto tcp")
 	}
@@ -136,6 +165,9 @@ func nftMatch(m match) []string {
 	}
 	if m.mark != nil {
 		e = append(e, fmt.Sprintf("meta mark & %s == %s", nftHex(m.mark.mask), nftHex(m.mark.value)))
+	}
+	if m.alive != 0 {
+		e = append(e, "meta nfproto @"+nftAliveSet)
 	}
 	return e
 }
@@ -153,7 +185,8 @@ func nftStatements(a action) []string {
 	case actSetMark:
 		return []string{nftSetMark(a.mark)}
 	case actQueue:
-		return []string{fmt.Sprintf("queue num %d bypass", a.queue)}
+		// The counter tells an operator how many SYNs went to the agent.
+		return []string{fmt.Sprintf("counter queue num %d bypass", a.queue)}
 	case actTProxy:
 		// An inet table's tproxy needs the family for an address. Unlike
 		// iptables' TPROXY it is not terminal: when no transparent socket
@@ -167,6 +200,8 @@ func nftStatements(a action) []string {
 		}
 	case actRejectWithReset:
 		return []string{"reject with tcp reset"}
+	case actBeat:
+		return []string{"update @" + nftAliveSet + " { meta nfproto } drop"}
 	}
 	panic(fmt.Sprintf("firewall: unknown action %d", a.kind))
 }

@@ -154,6 +154,11 @@ func nftList(t *testing.T, what ...string) string {
 // written as withoutQueue replaces it. Loaded as table inet xmcpagent, nft
 // normalizes it beside the real one.
 const expectedNFT = `table inet xmcpagent {
+	set alive {
+		type nf_proto
+		timeout 3000ms
+		flags timeout,dynamic
+	}
 	chain prerouting {
 		type filter hook prerouting priority -150
 		policy accept
@@ -165,13 +170,17 @@ const expectedNFT = `table inet xmcpagent {
 		iifname br-lan meta l4proto 6 jump MCPAGENT_REJECT
 		iifname lan1 meta l4proto 6 jump MCPAGENT_REJECT
 	}
+	chain output {
+		type filter hook output priority -150
+		oifname lo meta l4proto udp udp dport 7070 meta mark & 0xf000000 == 0x3000000 jump MCPAGENT_ALIVE
+	}
 	chain MCPAGENT {
 		fib daddr type local return
 		meta l4proto tcp socket transparent 1 jump MCPAGENT_DIVERT
 		meta l4proto tcp meta mark and 0xf000000 == 0x1000000 meta nfproto ipv4 tproxy ip to 127.0.0.1:7070 meta mark set meta mark and 0xf0ffffff or 0x3000000 accept
 		meta l4proto tcp meta mark and 0xf000000 == 0x1000000 meta nfproto ipv6 tproxy ip6 to [::1]:7070 meta mark set meta mark and 0xf0ffffff or 0x3000000 accept
 		meta l4proto tcp meta mark and 0xf000000 == 0x1000000 drop
-		tcp flags & (syn|ack|fin|rst) == syn meta mark and 0xf000000 == 0 QUEUE
+		tcp flags & (syn|ack|fin|rst) == syn meta mark and 0xf000000 == 0 meta nfproto @alive counter QUEUE
 	}
 	chain MCPAGENT_DIVERT {
 		meta mark set meta mark and 0xf0ffffff or 0x3000000
@@ -179,6 +188,9 @@ const expectedNFT = `table inet xmcpagent {
 	}
 	chain MCPAGENT_REJECT {
 		meta l4proto tcp meta mark and 0xf000000 == 0x2000000 reject with tcp reset
+	}
+	chain MCPAGENT_ALIVE {
+		update @alive { meta nfproto } drop
 	}
 }
 `
@@ -288,17 +300,39 @@ func TestIntegrationNFTablesDataPath(t *testing.T) {
 	netnstest.RequireTool(t, "nft")
 	cmd(t, "table inet verdicts {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority mangle - 1;\n\t}\n}\n", "nft", "-f", "-")
 	t.Cleanup(func() { exec.Command("nft", "delete", "table", "inet", "verdicts").Run() })
-	testDataPath(t, func(t *testing.T, r Rules) *Firewall {
-		fw, err := install(context.Background(), BackendNFTables, r, nil, newNFTRunner(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return fw
-	}, func(t *testing.T, r Rules, _ bool, port string, mark uint32) {
-		// One rule serves both families.
-		t.Cleanup(func() { cmd(t, "", "nft", "flush", "chain", "inet", "verdicts", "prerouting") })
-		cmd(t, "", "nft", "add", "rule", "inet", "verdicts", "prerouting",
-			"iifname", "lan0", "tcp", "flags", "&", "(fin|syn|rst|ack)", "==", "syn", "tcp", "dport", port,
-			"meta", "mark", "set", "meta", "mark", "&", nftHex(^r.MarkMask), "|", nftHex(mark))
+	testDataPath(t, dataPathBackend{
+		install: func(t *testing.T, r Rules) *Firewall {
+			fw, err := install(context.Background(), BackendNFTables, r, nil, newNFTRunner(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fw
+		},
+		markSYN: func(t *testing.T, r Rules, _ bool, port string, mark uint32) {
+			// One rule serves both families.
+			t.Cleanup(func() { cmd(t, "", "nft", "flush", "chain", "inet", "verdicts", "prerouting") })
+			cmd(t, "", "nft", "add", "rule", "inet", "verdicts", "prerouting",
+				"iifname", "lan0", "tcp", "flags", "&", "(fin|syn|rst|ack)", "==", "syn", "tcp", "dport", port,
+				"meta", "mark", "set", "meta", "mark", "&", nftHex(^r.MarkMask), "|", nftHex(mark))
+		},
+		queued: func(t *testing.T, _ bool) uint64 {
+			// The only counter of the agent's chain is the queue rule's.
+			return counted(t, cmd(t, "", "nft", "list", "chain", "inet", "mcpagent", chainIntercept), `counter packets (\d+) `)
+		},
 	})
+}
+
+// counted returns the number that the one match of re (with one group) in
+// listing shows.
+func counted(t *testing.T, listing, re string) uint64 {
+	t.Helper()
+	m := regexp.MustCompile(re).FindAllStringSubmatch(listing, -1)
+	if len(m) != 1 {
+		t.Fatalf("%d matches of %q, want 1, in:\n%s", len(m), re, listing)
+	}
+	n, err := strconv.ParseUint(m[0][1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

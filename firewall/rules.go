@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // Rules describes what the agent needs from netfilter. The zero value is
@@ -26,6 +27,12 @@ type Rules struct {
 	// MarkMask is the part of the packet mark the agent owns; the rules
 	// neither read nor change bits outside it.
 	MarkMask uint32
+	// AliveTimeout is how long SYNs are queued after the agent's last
+	// heartbeat (see Heartbeat), a whole number of seconds of at least
+	// one. An agent that holds the queue but no longer runs (stopped,
+	// frozen) would otherwise hold up every new connection of the LAN: the
+	// queue's bypass applies only once nobody holds it.
+	AliveTimeout time.Duration
 }
 
 // TProxyListeners returns where the agent's transparent listeners must
@@ -69,6 +76,9 @@ func (r Rules) Validate() error {
 	}
 	if r.MarkMask == 0 {
 		return errors.New("mark mask 0")
+	}
+	if r.AliveTimeout < time.Second || r.AliveTimeout%time.Second != 0 {
+		return fmt.Errorf("alive timeout %v is not a whole number of seconds", r.AliveTimeout)
 	}
 	marks := []struct {
 		name string
@@ -124,6 +134,8 @@ const (
 	hookPrerouting hook = iota
 	// hookForward sees packets being forwarded (iptables: filter FORWARD).
 	hookForward
+	// hookOutput sees packets this host sends (iptables: mangle OUTPUT).
+	hookOutput
 )
 
 // chain is one of the agent's chains.
@@ -140,8 +152,11 @@ type chain struct {
 
 // match selects packets; every condition that is set must hold.
 type match struct {
-	inInterface string
-	tcp         bool
+	inInterface  string
+	outInterface string
+	tcp          bool
+	// udpDstPort selects UDP datagrams to this port.
+	udpDstPort uint16
 	// syn selects TCP segments with SYN set and ACK, RST and FIN clear.
 	syn bool
 	// dstLocal selects packets to an address of this host.
@@ -152,6 +167,9 @@ type match struct {
 	// mark selects packets whose mark, masked with mark.mask, equals
 	// mark.value.
 	mark *markValue
+	// alive selects packets only while the agent's heartbeats have come
+	// within this time (see actBeat); zero selects packets regardless.
+	alive time.Duration
 }
 
 type markValue struct{ value, mask uint32 }
@@ -166,6 +184,10 @@ const (
 	actQueue   // NFQUEUE to queue, accepting the packet when nobody listens
 	actTProxy  // deliver to the local listener on the family's tproxyAddr and port, setting mark
 	actRejectWithReset
+	// actBeat drops the packet, a heartbeat, and records that the agent
+	// is alive: the family of the packet's address counts as alive for
+	// the alive match.
+	actBeat
 )
 
 type action struct {
@@ -186,7 +208,12 @@ const (
 	chainIntercept = "MCPAGENT"
 	chainDivert    = "MCPAGENT_DIVERT"
 	chainReject    = "MCPAGENT_REJECT"
+	chainAlive     = "MCPAGENT_ALIVE"
 )
+
+// loopbackInterface is where heartbeats leave: the agent sends them to the
+// loopback address of each family.
+const loopbackInterface = "lo"
 
 // ruleset returns the agent's chains for r, which must be valid. The rules
 // are the same for IPv4 and IPv6.
@@ -210,8 +237,9 @@ func ruleset(r Rules) []chain {
 				{match{tcp: true, mark: &markValue{r.ConvertMark, r.MarkMask}},
 					action{kind: actTProxy, port: r.TProxyPort, mark: tproxyMark}},
 				// A new SYN without any of the agent's marks: a SYN released
-				// with a mark must not be queued again.
-				{match{syn: true, mark: &markValue{0, r.MarkMask}}, action{kind: actQueue, queue: r.Queue}},
+				// with a mark must not be queued again. Only while the
+				// agent beats: otherwise it flows on unconverted.
+				{match{syn: true, mark: &markValue{0, r.MarkMask}, alive: r.AliveTimeout}, action{kind: actQueue, queue: r.Queue}},
 			},
 		},
 		{
@@ -229,6 +257,13 @@ func ruleset(r Rules) []chain {
 			rules: []rule{
 				{match{tcp: true, mark: &markValue{r.RejectMark, r.MarkMask}}, action{kind: actRejectWithReset}},
 			},
+		},
+		{
+			name: chainAlive,
+			hook: hookOutput,
+			entry: []match{{outInterface: loopbackInterface, udpDstPort: r.TProxyPort,
+				mark: &markValue{r.TProxyMark, r.MarkMask}}},
+			rules: []rule{{match{}, action{kind: actBeat}}},
 		},
 	}
 }

@@ -3,6 +3,7 @@ package firewall
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // testRules is a valid rule set like the agent's defaults.
@@ -15,6 +16,7 @@ func testRules() Rules {
 		RejectMark:    0x02000000,
 		TProxyMark:    0x03000000,
 		MarkMask:      0x0f000000,
+		AliveTimeout:  3 * time.Second,
 	}
 }
 
@@ -39,6 +41,8 @@ func TestValidate(t *testing.T) {
 		{name: "convert 0", modify: func(r *Rules) { r.ConvertMark = 0 }, err: "convert mark is 0"},
 		{name: "reject outside mask", modify: func(r *Rules) { r.RejectMark = 0x10000000 }, err: "reject mark 0x10000000 is outside"},
 		{name: "tproxy equals convert", modify: func(r *Rules) { r.TProxyMark = r.ConvertMark }, err: "convert mark and tproxy mark"},
+		{name: "no alive timeout", modify: func(r *Rules) { r.AliveTimeout = 0 }, err: "alive timeout 0s"},
+		{name: "alive timeout of a fraction", modify: func(r *Rules) { r.AliveTimeout = 1500 * time.Millisecond }, err: "alive timeout 1.5s is not a whole"},
 		{name: "queue 0 is fine", modify: func(r *Rules) { r.Queue = 0 }},
 	}
 	for _, tt := range tests {
