@@ -199,12 +199,18 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	maxHold := time.Duration(cfg.LegTimeout) + heldSYNGrace
 	tick := time.NewTicker(sweepInterval)
 	defer tick.Stop()
+	lastSweep := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("agent stopping", "converted", conv.stats.Converted.Load(), "fallback", conv.stats.Fallback.Load())
 			return nil
 		case <-tick.C:
+			now := time.Now()
+			if gap := now.Sub(lastSweep); gap > aliveTimeout {
+				log.Warn("the agent did not run for a while; meanwhile new connections bypassed it", "gap", gap.Round(time.Millisecond).String())
+			}
+			lastSweep = now
 			conv.sweep()
 			if n := ic.ExpireHeld(maxHold); n > 0 {
 				log.Error("SYNs held past their leg's timeout; accepted unconverted", "count", n, "max_hold", maxHold.String())

@@ -72,7 +72,7 @@ func heartbeat(hb *firewall.Heartbeat, log *slog.Logger) func() {
 		switch {
 		case err != nil && err.Error() != failing:
 			failing = err.Error()
-			log.Error("heartbeat failed: SYNs bypass the agent until one succeeds", "err", err)
+			log.Error("heartbeat failed: SYNs of its address family bypass the agent until one succeeds", "err", err)
 		case err == nil && failing != "":
 			failing = ""
 			log.Info("heartbeats reach the firewall rules again")

@@ -112,6 +112,7 @@ func TestIntegrationFailOpen(t *testing.T) {
 		// connection established.)
 		b.agent.Signal(syscall.SIGCONT)
 		stopped = false
+		waitLine(t, b.agent, "did not run for a while", "gap=")
 		b.waitConverted(t, url)
 	})
 

@@ -341,8 +341,10 @@ func testDataPathNet(t *testing.T, n dataPathNet, b dataPathBackend) {
 			}
 		}, 1},
 	} {
-		step.before()
+		// Counted first: listing the rules takes a while, which must not
+		// come between the heartbeat and the connection.
 		before := b.queued(t, n.v6)
+		step.before()
 		if err := dial(addr(n.server, "80")); err != nil {
 			t.Errorf("%s: unmarked connection through the router: %v", step.name, err)
 		} else if got := get(servers["80"]); got != addr(n.server, "80")+" hello" {

@@ -258,7 +258,9 @@ const recentList = "mcpagent"
 
 // aliveList selects the recent list of the heartbeats, keyed by the packet's
 // source address masked to nothing: one entry per family, which a
-// heartbeat refreshes and any SYN of the family finds.
+// heartbeat refreshes and any SYN of the family finds. The kernel keeps the
+// mask of the rule that created the list for all rules naming it; both
+// families' masks are all zeros, so the order does not matter.
 func aliveList(fam family) []string {
 	mask := "0.0.0.0"
 	if fam.v6 {
