@@ -354,3 +354,34 @@ func FuzzParseUCI(f *testing.F) {
 		}
 	})
 }
+
+// TestShippedUCIHasTheDefaults: the UCI file the OpenWrt package installs
+// says that its values, but for enabled and the uplinks, are the defaults;
+// without its options it must decode to the same Config.
+func TestShippedUCIHasTheDefaults(t *testing.T) {
+	shipped, err := os.ReadFile("../openwrt/mcpagent/files/mcpagent.config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withValues, err := ParseUCI(shipped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The options of the main section, which comes first, up to the
+	// uplinks' sections; lists stay.
+	main, uplinks, ok := strings.Cut(string(shipped), "\nconfig uplink")
+	if !ok {
+		t.Fatal("the shipped file has no uplink section")
+	}
+	option := regexp.MustCompile(`(?m)^\toption .*\n`)
+	if n := len(option.FindAllString(main, -1)); n < 10 {
+		t.Fatalf("only %d options in the main section", n)
+	}
+	defaults, err := ParseUCI([]byte(option.ReplaceAllString(main, "") + "\nconfig uplink" + uplinks))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(defaults, withValues, addrPortEqual); diff != "" {
+		t.Errorf("the shipped file's values differ from the defaults (-defaults +shipped):\n%s", diff)
+	}
+}

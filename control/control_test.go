@@ -268,16 +268,47 @@ func TestSaveLoadDHCP(t *testing.T) {
 	// Garbage, and a well-formed event under the wrong name, are skipped.
 	os.WriteFile(filepath.Join(dir, "junk"), []byte("{}"), 0o600)
 	os.WriteFile(filepath.Join(dir, "wan9.v4"), []byte(`{"dhcp":{"interface":"wan1","family":4,"event":"bound"}}`), 0o600)
+	os.WriteFile(filepath.Join(dir, "wan8.v4"), []byte(`{"status":{}}`), 0o600)
 	evs, err := LoadDHCP(dir)
 	if diff := cmp.Diff([]DHCPEvent{deconfig, v6, lte}, evs); diff != "" {
 		t.Errorf("LoadDHCP (-want +got):\n%s", diff)
 	}
-	if err == nil || !strings.Contains(err.Error(), "junk") || !strings.Contains(err.Error(), "wan9.v4: file name does not match") {
-		t.Errorf("LoadDHCP error = %v, want one naming junk and wan9.v4", err)
+	if err == nil || !strings.Contains(err.Error(), "junk") || !strings.Contains(err.Error(), "wan9.v4: file name does not match") ||
+		!strings.Contains(err.Error(), "wan8.v4: not a DHCP event") {
+		t.Errorf("LoadDHCP error = %v, want one naming junk, wan9.v4 and wan8.v4", err)
 	}
 	fi, err := os.Stat(dir)
 	if err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("state dir mode %v (%v), want 0700", fi.Mode(), err)
+	}
+}
+
+// TestStateDirTrust: a state dir that another user could have written, or
+// a link, is neither read nor written.
+func TestStateDirTrust(t *testing.T) {
+	base := t.TempDir()
+	ev := DHCPEvent{Interface: "wan0", Family: 4, Event: "bound", Options: map[uint16]string{224: "c6336401"}}
+	open := filepath.Join(base, "open")
+	if err := os.Mkdir(open, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := SaveDHCP(open, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "link")
+	if err := os.Symlink(open, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{open, link} {
+		if evs, err := LoadDHCP(dir); len(evs) != 0 || err == nil {
+			t.Errorf("LoadDHCP(%s) = %v, %v; want no events and an error", dir, evs, err)
+		}
+		if err := SaveDHCP(dir, ev); err == nil {
+			t.Errorf("SaveDHCP(%s) succeeded", dir)
+		}
 	}
 }
 

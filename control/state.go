@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // A DHCP client's hook may run while the agent is not (at boot the
@@ -28,6 +29,9 @@ func SaveDHCP(dir string, e DHCPEvent) error {
 		return err
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("save dhcp event: %w", err)
+	}
+	if err := checkStateDir(dir); err != nil {
 		return fmt.Errorf("save dhcp event: %w", err)
 	}
 	name := filepath.Join(dir, stateName(e))
@@ -52,12 +56,17 @@ func SaveDHCP(dir string, e DHCPEvent) error {
 // LoadDHCP returns the events that SaveDHCP recorded in dir, one per
 // client, in the order of their file names. A missing dir holds none.
 // Files that are not well-formed events are skipped and reported in the
-// error, which may come with events.
+// error, which may come with events. A dir that another user could have
+// written (see checkStateDir) yields an error and no events.
 func LoadDHCP(dir string) ([]DHCPEvent, error) {
-	entries, err := os.ReadDir(dir)
+	err := checkStateDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
+	if err != nil {
+		return nil, fmt.Errorf("load dhcp events: %w", err)
+	}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("load dhcp events: %w", err)
 	}
@@ -72,7 +81,12 @@ func LoadDHCP(dir string) ([]DHCPEvent, error) {
 		b, err := readSmall(filepath.Join(dir, de.Name()))
 		if err == nil {
 			var r Request
-			if r, err = DecodeRequest(b); err == nil && stateName(*r.DHCP) != de.Name() {
+			r, err = DecodeRequest(b)
+			switch {
+			case err != nil:
+			case r.DHCP == nil:
+				err = errors.New("not a DHCP event")
+			case stateName(*r.DHCP) != de.Name():
 				err = errors.New("file name does not match the event")
 			}
 			if err == nil {
@@ -83,6 +97,27 @@ func LoadDHCP(dir string) ([]DHCPEvent, error) {
 		errs = append(errs, fmt.Errorf("dhcp event %s: %w", de.Name(), err))
 	}
 	return evs, errors.Join(errs...)
+}
+
+// checkStateDir reports whether dir is a directory (not a link to one)
+// that only this process's user could have written: its events decide
+// where the household's traffic goes. A dir in a world-writable place such
+// as /tmp could have been made by another user before the first event.
+func checkStateDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state dir %s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("state dir %s has mode %v: others could write it", dir, fi.Mode().Perm())
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("state dir %s belongs to user %d, not to this process's (%d)", dir, st.Uid, os.Geteuid())
+	}
+	return nil
 }
 
 // stateName is the file name of e's client: wan0.v4.
