@@ -154,6 +154,7 @@ func TestIntegrationOnPath(t *testing.T) {
 		}
 		start := time.Now()
 		get(mptcpPort, "mptcp", "200", mcprDown) // takes the only listener
+		taken := time.Now()                      // after that listener's last SYN
 		fallback := b.status(t).Counters["fallback"]
 		get(httpPort, "missing", "404", cpeDSL) // reset by mcpr: direct, from the CPE's NAT address
 		if c := b.status(t).Counters; c["fallback"] != fallback+1 {
@@ -162,7 +163,7 @@ func TestIntegrationOnPath(t *testing.T) {
 		if time.Since(start) > 6*time.Second {
 			t.Fatalf("the two requests took %v: too close to -port-idle for the reset to be the limit's", time.Since(start))
 		}
-		time.Sleep(time.Until(start.Add(8500 * time.Millisecond)))
+		time.Sleep(time.Until(taken.Add(8500 * time.Millisecond)))
 		get(httpPort, "missing", "404", mcprDown) // the idle listener went to this port
 	})
 
