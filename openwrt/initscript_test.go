@@ -1,0 +1,113 @@
+package openwrt_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/mcpagent/mcpagent/internal/netnstest"
+)
+
+// openwrtStandIns stands in for the parts of OpenWrt's shell library
+// (/lib/functions.sh, procd.sh) that the init script calls, with the
+// property that matters here: config_foreach declares "section" local, as
+// OpenWrt's does. The configuration comes from CONFIG_<section>_<option>
+// variables and the space-separated CONFIG_SECTIONS; procd's calls and
+// the log go to standard output, one line each.
+const openwrtStandIns = `
+config_load() { :; }
+config_foreach() {
+	local fn="$1" type="$2" section cfgtype
+	for section in $CONFIG_SECTIONS; do
+		eval "cfgtype=\${CONFIG_${section}_TYPE}"
+		[ "$cfgtype" = "$type" ] && "$fn" "$section"
+	done
+}
+config_get() { eval "$1=\${CONFIG_${2}_${3}}"; }
+config_get_bool() {
+	local v
+	eval "v=\${CONFIG_${2}_${3}:-$4}"
+	case "$v" in 1|on|true|yes|enabled) v=1 ;; *) v=0 ;; esac
+	eval "$1=$v"
+}
+config_list_foreach() {
+	local item
+	eval "for item in \${CONFIG_${1}_${2}}; do $3 \"\$item\"; done"
+}
+procd_open_instance() { echo open; }
+procd_set_param() { echo "set $*"; }
+procd_append_param() { echo "append $*"; }
+procd_close_instance() { echo close; }
+logger() { echo "logger $*"; }
+`
+
+// TestInitScript runs the init script's start_service with busybox sh, as
+// on a router: what it hands procd for a given configuration.
+func TestInitScript(t *testing.T) {
+	netnstest.RequireTool(t, "busybox")
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "lib/functions"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	network := `network_get_device() { eval "$1=\${NETDEV_$2}"; }` + "\n"
+	if err := os.WriteFile(filepath.Join(root, "lib/functions/network.sh"), []byte(network), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script, err := filepath.Abs("mcpagent/files/mcpagent.init")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An anonymous main section, as a user's file may have, and two
+	// uplinks; wwan is up on another device than the configured one.
+	const config = `CONFIG_SECTIONS="cfg01 dsl lte"
+CONFIG_cfg01_TYPE=mcpagent
+CONFIG_cfg01_lan_interface="br-lan lan2"
+CONFIG_dsl_TYPE=uplink
+CONFIG_dsl_interface=pppoe-wan
+CONFIG_dsl_network=wan
+CONFIG_lte_TYPE=uplink
+CONFIG_lte_interface=wwan0
+CONFIG_lte_network=wwan
+NETDEV_wan=pppoe-wan
+NETDEV_wwan=wwan1
+`
+	run := func(t *testing.T, enabled string) []string {
+		t.Helper()
+		sh := openwrtStandIns + config + enabled + "\n. " + script + "\nPROG=true\nstart_service\n"
+		cmd := exec.Command("busybox", "sh", "-c", sh)
+		cmd.Env = append(os.Environ(), "IPKG_INSTROOT="+root)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("start_service: %v\n%s", err, out)
+		}
+		return strings.Split(strings.TrimSpace(string(out)), "\n")
+	}
+
+	t.Run("disabled", func(t *testing.T) {
+		if got := run(t, "CONFIG_cfg01_enabled=0"); len(got) != 1 || got[0] != "" {
+			t.Errorf("with enabled 0, start_service did %q; want nothing", got)
+		}
+	})
+	t.Run("enabled", func(t *testing.T) {
+		want := []string{
+			"open",
+			"set command true -uci /etc/config/mcpagent",
+			"set file /etc/config/mcpagent true",
+			"set respawn 3600 5 5",
+			"set term_timeout 15",
+			"set limits nofile=65536 65536",
+			"set stdout 1",
+			"set stderr 1",
+			"append netdev br-lan",
+			"append netdev lan2",
+			"logger -p daemon.warn -t mcpagent uplink lte: network wwan is up on wwan1, not on interface wwan0",
+			"close",
+		}
+		if diff := cmp.Diff(want, run(t, "CONFIG_cfg01_enabled=1")); diff != "" {
+			t.Errorf("start_service (-want +got):\n%s", diff)
+		}
+	})
+}
