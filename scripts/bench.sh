@@ -9,10 +9,10 @@
 # Needs root (re-runs itself with sudo), Go, and the packages of
 # scripts/setup.sh. Takes about 14 minutes on a 2-core machine.
 set -euo pipefail
+# shellcheck source=scripts/asroot.sh
+. "$(dirname "$0")/asroot.sh"
+as_root "$@"
 cd "$(dirname "$0")/.."
-if [[ ${EUID} -ne 0 ]]; then
-	exec sudo -E "$0" "$@"
-fi
 for t in ip tc iptables iperf3 curl ss ss-server ss-redir redsocks microsocks mptcpize; do
 	command -v "$t" >/dev/null || {
 		echo "bench.sh: $t is missing (scripts/setup.sh installs it)" >&2

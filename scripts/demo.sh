@@ -9,11 +9,10 @@
 # Usage: scripts/demo.sh            (re-runs itself with sudo if needed)
 # Env:   SIZE_MB=20 DSL_RATE=20mbit LTE_RATE=40mbit
 set -euo pipefail
+# shellcheck source=scripts/asroot.sh
+. "$(dirname "$0")/asroot.sh"
+as_root "$@"
 cd "$(dirname "$0")/.."
-
-if [[ ${EUID} -ne 0 ]]; then
-	exec sudo -E env "PATH=${PATH}" "$0" "$@"
-fi
 
 size_mb="${SIZE_MB:-20}"
 id="demo$$"

@@ -7,11 +7,10 @@
 # Usage: scripts/test.sh            (re-runs itself with sudo if needed)
 # Env:   FUZZTIME=10s               time per fuzz target; 0 skips fuzzing
 set -euo pipefail
+# shellcheck source=scripts/asroot.sh
+. "$(dirname "$0")/asroot.sh"
+as_root "$@"
 cd "$(dirname "$0")/.."
-
-if [[ ${EUID} -ne 0 ]]; then
-	exec sudo -E env "PATH=${PATH}" "$0" "$@"
-fi
 
 scripts/setup.sh
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
