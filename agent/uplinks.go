@@ -106,6 +106,22 @@ func (m *uplinkManager) replanLocked() {
 		}
 	}
 	plan := policy.PlanUplinks(ups, m.maxSubflows)
+	// An idle on-demand uplink is not probed (it must stay silent), so
+	// failures it had while in use would count against it for good: it
+	// is presumed healthy while idle, and the plan is made again if that
+	// changes it. With every uplink failing, this retries the on-demand
+	// one each time its probes take it out of use.
+	presumed := false
+	for i, use := range plan.Use {
+		if use == policy.UseNone && ups[i].Role == policy.RoleOnDemand && !ups[i].Healthy {
+			m.health[i].Record(true)
+			ups[i].Healthy, presumed = true, true
+			m.log.Info("idle on-demand uplink presumed healthy", "uplink", m.cfg[i].Name)
+		}
+	}
+	if presumed {
+		plan = policy.PlanUplinks(ups, m.maxSubflows)
+	}
 	for i, use := range plan.Use {
 		if len(m.plan.Use) != len(plan.Use) || m.plan.Use[i] != use {
 			m.log.Info("uplink use", "uplink", m.cfg[i].Name, "role", m.cfg[i].Role, "use", use.String())

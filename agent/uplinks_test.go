@@ -94,6 +94,31 @@ func TestInitialSourcesAndProbeTargets(t *testing.T) {
 	}
 }
 
+// An on-demand uplink that failed its probes while in use is presumed
+// healthy once idle: it is not probed then, and must not be left out of
+// the next outage for failures of the last.
+func TestIdleOnDemandIsPresumedHealthy(t *testing.T) {
+	m := testUplinks(t)
+	fail := func(i int) {
+		m.probed(i, net.ErrClosed)
+		m.probed(i, net.ErrClosed)
+	}
+	fail(0) // dsl's path fails: lte takes over
+	fail(1) // the MCP is down: lte fails too
+	// Every uplink failed: the plan goes back to dsl and tries lte again.
+	if m.plan.Use[1] != policy.UseActive || !m.health[1].Healthy() {
+		t.Fatalf("with both failing: plan %v, lte healthy %v; want lte in use again, presumed healthy", m.plan.Use, m.health[1].Healthy())
+	}
+	m.probed(0, nil) // dsl is back: lte idle
+	if m.plan.Use[0] != policy.UseActive || m.plan.Use[1] != policy.UseNone {
+		t.Fatalf("with dsl back the plan is %v, want dsl active, lte unused", m.plan.Use)
+	}
+	fail(0) // the next outage of dsl
+	if m.plan.Use[0] != policy.UseNone || m.plan.Use[1] != policy.UseActive {
+		t.Errorf("at dsl's next outage the plan is %v, want lte taking over", m.plan.Use)
+	}
+}
+
 // A leg that came up over an uplink counts as a probe that succeeded: lost
 // probes around it do not add up to the limit.
 func TestLegOpenedCountsAsProbe(t *testing.T) {
