@@ -42,7 +42,8 @@ type endpointSync struct {
 	// Owned by the worker.
 	pm        pathManager
 	ours      map[netip.Addr]mptcppm.Endpoint
-	removeAt  time.Time // removals wait until then for the subflows of endpoints just added
+	removeAt  time.Time     // removals wait until then for the subflows of endpoints just added
+	retry     time.Duration // the backoff after failed requests; 0 after a clean run
 	oldLimits mptcppm.Limits
 	// limitsFile holds oldLimits while the agent runs.
 	limitsFile string
@@ -179,8 +180,11 @@ func (e *endpointSync) run() {
 }
 
 // reconcile changes, adds and removes endpoints toward want. It returns how
-// long the removals it deferred wait, or 0.
+// long until it must run again, or 0: deferred removals wait for the
+// subflows of endpoints just added, and a request the path manager failed
+// (no memory, its limit of endpoints) is tried again with a backoff.
 func (e *endpointSync) reconcile(want map[netip.Addr]mptcppm.Endpoint) time.Duration {
+	failed := false
 	var gone []netip.Addr
 	for a, ep := range e.ours {
 		w, ok := want[a]
@@ -191,6 +195,7 @@ func (e *endpointSync) reconcile(want map[netip.Addr]mptcppm.Endpoint) time.Dura
 			// The kernel sends MP_PRIO on the subflows of the address.
 			if err := e.pm.SetFlags(ep.ID, w.Flags&mptcppm.FlagBackup); err != nil {
 				e.log.Warn("set MPTCP endpoint flags", "addr", a, "flags", w.Flags, "err", err)
+				failed = true
 				continue
 			}
 			ep.Flags = w.Flags
@@ -198,31 +203,78 @@ func (e *endpointSync) reconcile(want map[netip.Addr]mptcppm.Endpoint) time.Dura
 			e.log.Info("MPTCP endpoint flags changed", "addr", a, "flags", w.Flags)
 		}
 	}
-	if e.add(want) {
+	added, addFailed := e.add(want)
+	failed = failed || addFailed
+	if added {
 		e.removeAt = time.Now().Add(makeBeforeBreak)
 	}
-	if len(gone) == 0 {
-		return 0
+	wait := time.Duration(0)
+	if len(gone) > 0 {
+		wait = time.Until(e.removeAt)
 	}
-	if wait := time.Until(e.removeAt); wait > 0 {
+	if len(gone) > 0 && wait <= 0 {
+		wait = 0
+		for _, a := range gone {
+			if e.remove(a) {
+				failed = true
+			}
+		}
+		// An address that moved to another interface comes back bound to
+		// the new one.
+		_, addFailed := e.add(want)
+		failed = failed || addFailed
+	}
+	if !failed {
+		e.retry = 0
 		return wait
 	}
-	for _, a := range gone {
-		if err := e.pm.DeleteEndpoint(e.ours[a].ID); err != nil {
-			e.log.Warn("delete MPTCP endpoint", "addr", a, "id", e.ours[a].ID, "err", err)
-		}
-		delete(e.ours, a)
-		e.log.Info("MPTCP endpoint removed", "addr", a)
+	e.retry = min(max(2*e.retry, retryMin), retryMax)
+	if wait > 0 {
+		return min(wait, e.retry)
 	}
-	// An address that moved to another interface comes back bound to the
-	// new one.
-	e.add(want)
-	return 0
+	return e.retry
 }
 
-// add adds the endpoints of want that are not there yet and reports
-// whether it added any.
-func (e *endpointSync) add(want map[netip.Addr]mptcppm.Endpoint) bool {
+// Bounds of the backoff of failed path-manager requests.
+const (
+	retryMin = time.Second
+	retryMax = time.Minute
+)
+
+// remove deletes our endpoint of address a and reports whether that
+// failed. A failed deletion keeps the endpoint ours, to be tried again and
+// removed on stop, unless the kernel no longer has it.
+func (e *endpointSync) remove(a netip.Addr) (failed bool) {
+	ep := e.ours[a]
+	if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
+		if e.stillThere(ep) {
+			e.log.Warn("delete MPTCP endpoint", "addr", a, "id", ep.ID, "err", err)
+			return true
+		}
+		e.log.Info("MPTCP endpoint already gone", "addr", a, "id", ep.ID)
+	}
+	delete(e.ours, a)
+	e.log.Info("MPTCP endpoint removed", "addr", a)
+	return false
+}
+
+// stillThere reports whether the path manager lists ep, or cannot tell.
+func (e *endpointSync) stillThere(ep mptcppm.Endpoint) bool {
+	existing, err := e.pm.Endpoints()
+	if err != nil {
+		return true
+	}
+	for _, x := range existing {
+		if x.ID == ep.ID && x.Addr == ep.Addr {
+			return true
+		}
+	}
+	return false
+}
+
+// add adds the endpoints of want that are not there yet. It reports
+// whether it added any, and whether a request failed.
+func (e *endpointSync) add(want map[netip.Addr]mptcppm.Endpoint) (added, failed bool) {
 	var missing []mptcppm.Endpoint
 	for a, w := range want {
 		if _, ok := e.ours[a]; !ok {
@@ -230,12 +282,12 @@ func (e *endpointSync) add(want map[netip.Addr]mptcppm.Endpoint) bool {
 		}
 	}
 	if len(missing) == 0 {
-		return false
+		return false, false
 	}
 	existing, err := e.pm.Endpoints()
 	if err != nil {
 		e.log.Warn("list MPTCP endpoints", "err", err)
-		return false
+		return false, true
 	}
 	for _, ep := range existing {
 		// A leftover of a run that was killed: replace it with ours.
@@ -245,18 +297,18 @@ func (e *endpointSync) add(want map[netip.Addr]mptcppm.Endpoint) bool {
 			}
 		}
 	}
-	added := false
 	for _, w := range missing {
 		ep, err := e.pm.AddEndpoint(w)
 		if err != nil {
 			e.log.Warn("add MPTCP endpoint", "addr", w.Addr, "err", err)
+			failed = true
 			continue
 		}
 		e.ours[w.Addr] = ep
 		added = true
 		e.log.Info("MPTCP endpoint added", "addr", w.Addr, "id", ep.ID, "ifindex", ep.IfIndex, "flags", ep.Flags)
 	}
-	return added
+	return added, failed
 }
 
 // close stops the worker, once it has finished what the path manager is

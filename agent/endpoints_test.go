@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,12 +25,16 @@ import (
 type fakePM struct {
 	gate chan struct{}
 
-	mu     sync.Mutex
-	eps    map[uint8]mptcppm.Endpoint
-	nextID uint8
-	limits mptcppm.Limits
-	closed bool
-	log    []pmOp
+	mu sync.Mutex
+	// failAdds and failDeletes are how many AddEndpoint and DeleteEndpoint
+	// requests fail before they work, as the kernel's may (ENOMEM, ERANGE
+	// at its limit of endpoints).
+	failAdds, failDeletes int
+	eps                   map[uint8]mptcppm.Endpoint
+	nextID                uint8
+	limits                mptcppm.Limits
+	closed                bool
+	log                   []pmOp
 }
 
 type pmOp struct {
@@ -52,6 +57,10 @@ func (f *fakePM) AddEndpoint(e mptcppm.Endpoint) (mptcppm.Endpoint, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failAdds > 0 {
+		f.failAdds--
+		return mptcppm.Endpoint{}, syscall.ERANGE
+	}
 	f.nextID++
 	e.ID = f.nextID
 	f.eps[e.ID] = e
@@ -62,6 +71,10 @@ func (f *fakePM) AddEndpoint(e mptcppm.Endpoint) (mptcppm.Endpoint, error) {
 func (f *fakePM) DeleteEndpoint(id uint8) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failDeletes > 0 {
+		f.failDeletes--
+		return syscall.ENOMEM
+	}
 	f.log = append(f.log, pmOp{addr: f.eps[id].Addr, at: time.Now()})
 	delete(f.eps, id)
 	return nil
@@ -234,4 +247,22 @@ func TestEndpointFlagsAndPlainRemoval(t *testing.T) {
 	if took := time.Since(start); took >= makeBeforeBreak {
 		t.Errorf("a removal with nothing added took %v: it waited for new subflows", took)
 	}
+}
+
+// A request the path manager failed is tried again, with no new plan to
+// set it off: an addition, and a removal, whose endpoint stays ours
+// meanwhile (and would be removed on stop).
+func TestFailedEndpointRequestsAreRetried(t *testing.T) {
+	pm := newFakePM()
+	pm.failAdds = 2
+	eps := startTestSync(t, pm)
+	eps.apply(bothUp, []policy.Use{policy.UseActive, policy.UseNone})
+	eventually(t, "DSL endpoint added on the third try", func() bool { return slices.Equal(pm.addrs(), []netip.Addr{dslAddr}) })
+
+	time.Sleep(makeBeforeBreak) // past the addition's hold
+	pm.mu.Lock()
+	pm.failDeletes = 1
+	pm.mu.Unlock()
+	eps.apply(bothUp, []policy.Use{policy.UseNone, policy.UseNone})
+	eventually(t, "DSL endpoint removed on the second try", func() bool { return len(pm.addrs()) == 0 })
 }
