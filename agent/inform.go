@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -54,20 +55,39 @@ func startInformer(cfg *config.Config, prov *provisioner, log *slog.Logger) *inf
 	return in
 }
 
-// informLoop asks on uplink i now, then on every kick and every interval.
+// informLoop asks on uplink i after up to firstAskDelay, then on every kick
+// and every interval, give or take a fifth at random: gateways that all
+// started together when a region's power came back must not keep asking
+// the ISP's servers in step.
 func (in *informer) informLoop(ctx context.Context, i int) {
 	defer in.wg.Done()
-	tick := time.NewTicker(in.interval)
-	defer tick.Stop()
+	wait := time.NewTimer(rand.N(firstAskDelay))
+	defer wait.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-wait.C:
+	}
 	for {
 		in.ask(ctx, i)
+		wait.Reset(jitter(in.interval))
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-wait.C:
 		case <-in.kicks[i]:
+			// Reset drops the timer's time if it fired meanwhile (Go 1.23).
 		}
 	}
+}
+
+// firstAskDelay bounds the random delay of the first exchange, as RFC 8415
+// does for the first Information-Request (INF_MAX_DELAY).
+const firstAskDelay = time.Second
+
+// jitter returns d give or take a fifth, at random.
+func jitter(d time.Duration) time.Duration {
+	return d - d/5 + rand.N(2*d/5+1)
 }
 
 // ask runs one DHCPv4 and one DHCPv6 exchange on uplink i.
@@ -83,7 +103,8 @@ func (in *informer) ask(ctx context.Context, i int) {
 }
 
 // uplinksChanged asks again on each uplink that is up and came up or
-// changed addresses since the last call. It never blocks; it is a part of
+// changed addresses since the last call, and withdraws the lists of each
+// uplink that went down. It never blocks; it is a part of
 // route.Config.OnChange. A nil informer does nothing.
 func (in *informer) uplinksChanged(states []route.UplinkState) {
 	if in == nil {
@@ -97,6 +118,9 @@ func (in *informer) uplinksChanged(states []route.UplinkState) {
 		}
 		old := in.last[i]
 		in.last[i] = s
+		if old.Up && !s.Up {
+			in.prov.uplinkDown(i)
+		}
 		if s.Up && (!old.Up || !slices.Equal(old.Addrs, s.Addrs)) {
 			select {
 			case in.kicks[i] <- struct{}{}:

@@ -3,8 +3,10 @@ package agent
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/mcpagent/mcpagent/config"
 	"github.com/mcpagent/mcpagent/route"
 )
 
@@ -23,7 +25,9 @@ func TestInformerKicks(t *testing.T) {
 		{dsl: route.UplinkState{Up: true, Addrs: a2}, lte: route.UplinkState{Up: true, Addrs: a2}, want: []int{1, 1}},
 		{dsl: route.UplinkState{Up: false}, lte: route.UplinkState{Up: true, Addrs: a2}, want: []int{1, 1}},
 	}
-	in := &informer{kicks: []chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}, last: make([]route.UplinkState, 2)}
+	cfg := &config.Config{Uplinks: []config.Uplink{{Name: "dsl", Interface: "wan0"}, {Name: "lte", Interface: "wan1"}}}
+	prov := newProvisioner(cfg, func([]netip.AddrPort) bool { return true }, discardLog())
+	in := &informer{prov: prov, kicks: []chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}, last: make([]route.UplinkState, 2)}
 	for i, s := range steps {
 		in.uplinksChanged([]route.UplinkState{s.dsl, s.lte})
 		got := []int{len(in.kicks[0]), len(in.kicks[1])}
@@ -36,4 +40,44 @@ func TestInformerKicks(t *testing.T) {
 	}
 	var none *informer
 	none.uplinksChanged([]route.UplinkState{{Up: true}}) // must not panic
+}
+
+// TestInformerWithdrawsWhenDown: an uplink that goes down takes its lists
+// with it, both families; the other uplink's stay.
+func TestInformerWithdrawsWhenDown(t *testing.T) {
+	cfg := &config.Config{
+		Uplinks: []config.Uplink{{Name: "dsl", Interface: "wan0"}, {Name: "lte", Interface: "wan1"}},
+		MCP:     config.MCP{Port: 5124},
+	}
+	var got []netip.AddrPort
+	prov := newProvisioner(cfg, func(l []netip.AddrPort) bool { got = l; return true }, discardLog())
+	in := &informer{prov: prov, kicks: []chan struct{}{make(chan struct{}, 2), make(chan struct{}, 2)}, last: make([]route.UplinkState, 2)}
+	up := route.UplinkState{Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.0.1.2/24")}}
+	in.uplinksChanged([]route.UplinkState{up, up})
+	prov.informed(0, 4, []netip.Addr{netip.MustParseAddr("198.51.100.1")}, nil)
+	prov.informed(0, 6, []netip.Addr{netip.MustParseAddr("2001:db8:4::1")}, nil)
+	prov.informed(1, 4, []netip.Addr{netip.MustParseAddr("198.51.100.2")}, nil)
+	if len(got) != 3 {
+		t.Fatalf("learned %v, want three MCPs", got)
+	}
+	in.uplinksChanged([]route.UplinkState{{Up: false}, up})
+	if diff := cmp.Diff([]string{"198.51.100.2:5124"}, apStrings(got)); diff != "" {
+		t.Errorf("after dsl went down (-want +got):\n%s", diff)
+	}
+}
+
+// TestJitter: within a fifth either way, and not always the same.
+func TestJitter(t *testing.T) {
+	const d = 10 * time.Minute
+	seen := map[time.Duration]bool{}
+	for range 100 {
+		j := jitter(d)
+		if j < d-d/5 || j > d+d/5 {
+			t.Fatalf("jitter(%v) = %v, beyond a fifth", d, j)
+		}
+		seen[j] = true
+	}
+	if len(seen) < 50 {
+		t.Errorf("100 jitters of %v gave %d values", d, len(seen))
+	}
 }

@@ -34,6 +34,9 @@ type provisioner struct {
 
 	mu    sync.Mutex
 	lists [][2][]netip.Addr // per uplink: DHCPv4 list, DHCPv6 list
+	// informErrs is, per uplink and family, the last failed inform
+	// exchange's error, logged as a warning when it first appears.
+	informErrs [][2]string
 }
 
 func newProvisioner(cfg *config.Config, set func([]netip.AddrPort) bool, log *slog.Logger) *provisioner {
@@ -46,6 +49,8 @@ func newProvisioner(cfg *config.Config, set func([]netip.AddrPort) bool, log *sl
 		set:     set,
 		log:     log,
 		lists:   make([][2][]netip.Addr, len(cfg.Uplinks)),
+
+		informErrs: make([][2]string, len(cfg.Uplinks)),
 	}
 }
 
@@ -141,6 +146,10 @@ func (p *provisioner) informed(i, family int, addrs []netip.Addr, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	log := p.log.With("uplink", p.uplinks[i].Name, "interface", p.uplinks[i].Interface, "family", family, "event", "inform")
+	lastErr := &p.informErrs[i][famIndex(family)]
+	if err == nil || errors.Is(err, dhcpopt.ErrAbsent) {
+		*lastErr = ""
+	}
 	var optErr *dhcpopt.Error
 	switch {
 	case err == nil:
@@ -152,8 +161,29 @@ func (p *provisioner) informed(i, family int, addrs []netip.Addr, err error) {
 		p.rejectLocked(err, log)
 	case errors.Is(err, context.Canceled):
 	default:
-		// No server, no address yet: nothing learned, nothing lost.
-		log.Debug("dhcp inform got no mcp list", "err", err)
+		// No server, no address yet: nothing learned, nothing lost. A new
+		// error is a warning, as it may not pass (no permission for the
+		// raw socket, an interface without a hardware address); the same
+		// again is not.
+		if err.Error() != *lastErr {
+			*lastErr = err.Error()
+			log.Warn("dhcp inform got no mcp list", "err", err)
+		} else {
+			log.Debug("dhcp inform got no mcp list", "err", err)
+		}
+	}
+}
+
+// uplinkDown withdraws what uplink i learned (mcp.dhcp.source inform): its
+// MCPs may not be reachable from elsewhere, and while it is down no
+// exchange would ever clear its lists, as a DHCP client's deconfig event
+// does for the hooks.
+func (p *provisioner) uplinkDown(i int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	log := p.log.With("uplink", p.uplinks[i].Name, "interface", p.uplinks[i].Interface, "event", "down")
+	for _, family := range []int{4, 6} {
+		p.updateLocked(i, family, nil, log.With("family", family))
 	}
 }
 
