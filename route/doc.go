@@ -2,8 +2,11 @@
 // uplinks: a rule and a table that deliver TPROXY-marked packets locally,
 // and per uplink a routing table with copies of the uplink's routes plus a
 // rule per uplink address, so that a socket bound to an uplink's address
-// (an MPTCP subflow) leaves through that uplink. It reports every change of
-// the uplinks' state to the agent.
+// (an MPTCP subflow) leaves through that uplink. Each uplink table ends in
+// an unreachable default, so that nothing from the uplink's address leaves
+// by another uplink, and throws the LAN's prefixes back to the main table,
+// so that the router's replies from that address to LAN hosts stay in the
+// LAN. It reports every change of the uplinks' state to the agent.
 //
 // The package reconciles level-triggered: on any link, address or route
 // change it dumps the kernel's state, computes what it wants from that

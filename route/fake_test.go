@@ -78,7 +78,9 @@ func (k *fakeKernel) addRoute(x route) error {
 	if k.injected() {
 		return errFakeInjected
 	}
-	if !slices.ContainsFunc(k.s.links, func(l link) bool { return l.index == x.linkIndex }) {
+	// Unreachable and throw routes of IPv4 have no device.
+	noDevice := x.linkIndex == 0 && (x.typ == rtnUnreachable || x.typ == rtnThrow)
+	if !noDevice && !slices.ContainsFunc(k.s.links, func(l link) bool { return l.index == x.linkIndex }) {
 		return errFakeNoDevice
 	}
 	if slices.ContainsFunc(k.s.routes, func(r route) bool { return r.String() == x.String() }) {

@@ -12,8 +12,10 @@ import (
 const (
 	tableMain = 254 // RT_TABLE_MAIN
 
-	rtnUnicast = 1 // RTN_UNICAST
-	rtnLocal   = 2 // RTN_LOCAL
+	rtnUnicast     = 1 // RTN_UNICAST
+	rtnLocal       = 2 // RTN_LOCAL
+	rtnUnreachable = 7 // RTN_UNREACHABLE
+	rtnThrow       = 9 // RTN_THROW
 
 	scopeUniverse = 0   // RT_SCOPE_UNIVERSE
 	scopeLink     = 253 // RT_SCOPE_LINK
@@ -22,6 +24,11 @@ const (
 	// ipv6DefaultMetric is the metric the kernel gives an IPv6 route added
 	// without one (IP6_RT_PRIO_USER, include/net/ip6_route.h).
 	ipv6DefaultMetric = 1024
+
+	// lastResortMetric is the metric of an uplink table's unreachable
+	// default, behind any other default: the highest that fits an int of
+	// 32 bits.
+	lastResortMetric = 1<<31 - 1
 )
 
 // snapshot is the part of the kernel's routing state the package reads.
@@ -48,6 +55,10 @@ type address struct {
 	// tentative reports whether the address cannot be used yet or at all:
 	// IPv6 duplicate address detection is running or failed.
 	tentative bool
+	// deprecated reports an IPv6 address past its preferred lifetime: the
+	// old address after a prefix change, kept for the connections that
+	// use it, never for new ones.
+	deprecated bool
 }
 
 // route is a route in the kernel's terms. The zero gw means none.
@@ -107,6 +118,16 @@ func desired(cfg Config, s snapshot) plan {
 			p.routes = append(p.routes, r)
 		}
 	}
+	uplinkLinks := map[int]bool{}
+	for _, u := range cfg.Uplinks {
+		if l, ok := byName[u.Interface]; ok {
+			uplinkLinks[l.index] = true
+		}
+	}
+	lo, haveLo := byName["lo"]
+	for _, u := range cfg.Uplinks {
+		p.routes = append(p.routes, tableEnds(u.Table, s.routes, uplinkLinks, lo, haveLo)...)
+	}
 	for i, u := range cfg.Uplinks {
 		st := UplinkState{Name: u.Name, Interface: u.Interface}
 		l, ok := byName[u.Interface]
@@ -116,7 +137,11 @@ func desired(cfg Config, s snapshot) plan {
 				if a.linkIndex != l.index || !a.global || a.tentative {
 					continue
 				}
-				st.Addrs = append(st.Addrs, a.prefix)
+				// A deprecated address keeps its rule, for the subflows
+				// that use it, but is no source for new ones.
+				if !a.deprecated {
+					st.Addrs = append(st.Addrs, a.prefix)
+				}
 				host := netip.PrefixFrom(a.prefix.Addr(), a.prefix.Addr().BitLen())
 				p.rules = append(p.rules, rule{priority: cfg.RulePriority + 1 + i, v6: host.Addr().Is6(), src: host, table: u.Table})
 			}
@@ -165,6 +190,46 @@ func desired(cfg Config, s snapshot) plan {
 	p.rules = sortedUnique(p.rules, rule.String, func(a, b rule) int { return a.priority - b.priority })
 	p.routes = sortedUnique(p.routes, route.String, compareRouteAddOrder)
 	return p
+}
+
+// tableEnds returns the routes that bound the uplink table: an unreachable
+// default for each family, so that a packet from the uplink's address that
+// the table cannot route is refused rather than falling through to the
+// main table and out of another uplink (whose NAT would let a probe of a
+// broken uplink succeed); and a throw route for each connected route of
+// the main table on a link that is no uplink's (the LAN), so that a reply
+// from the uplink's address to a LAN host, the router reached at its WAN
+// address from inside, goes to the LAN. The kernel shows IPv6 routes of
+// these types on lo.
+func tableEnds(table int, main []route, uplinkLinks map[int]bool, lo link, haveLo bool) []route {
+	var out []route
+	add := func(r route) {
+		if r.dst.Addr().Is6() {
+			if !haveLo {
+				return
+			}
+			r.linkIndex = lo.index
+			if r.metric == 0 {
+				r.metric = ipv6DefaultMetric
+			}
+		}
+		out = append(out, r)
+	}
+	for _, v6 := range []bool{false, true} {
+		dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		if v6 {
+			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		}
+		add(route{table: table, typ: rtnUnreachable, dst: dst, metric: lastResortMetric})
+	}
+	for _, r := range main {
+		if r.table != tableMain || r.typ != rtnUnicast || r.multipath || r.ours || r.gw.IsValid() ||
+			r.dst.Bits() == 0 || uplinkLinks[r.linkIndex] || haveLo && r.linkIndex == lo.index || r.dst.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		add(route{table: table, typ: rtnThrow, dst: r.dst})
+	}
+	return out
 }
 
 func comparePrefix(a, b netip.Prefix) int {
@@ -283,6 +348,10 @@ func (r route) String() string {
 	case rtnUnicast:
 	case rtnLocal:
 		b.WriteString("local ")
+	case rtnUnreachable:
+		b.WriteString("unreachable ")
+	case rtnThrow:
+		b.WriteString("throw ")
 	default:
 		fmt.Fprintf(&b, "type %d ", r.typ)
 	}

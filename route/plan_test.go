@@ -75,7 +75,8 @@ func TestDesired(t *testing.T) {
 				s := testbedSnapshot()
 				s.addrs = append(s.addrs,
 					address{linkIndex: 2, prefix: p4("2001:db8:1::99/64"), global: true, tentative: true},
-					address{linkIndex: 3, prefix: p4("100.64.0.2/24"), global: true}, // duplicate report
+					address{linkIndex: 2, prefix: p4("2001:db8:1::1:98/64"), global: true, deprecated: true}, // a rule, no source
+					address{linkIndex: 3, prefix: p4("100.64.0.2/24"), global: true},                         // duplicate report
 				)
 				s.routes = append(s.routes,
 					route{table: tableMain, typ: rtnUnicast, dst: p4("0.0.0.0/0"), gw: a4("100.64.0.254"), linkIndex: 3, metric: 5},

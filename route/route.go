@@ -61,7 +61,8 @@ type UplinkState struct {
 	Index int
 	// Up reports whether the interface is up and can pass traffic.
 	Up bool
-	// Addrs are the interface's usable global addresses, IPv4 first, sorted.
+	// Addrs are the interface's usable global addresses (not tentative, not
+	// deprecated), IPv4 first, sorted.
 	Addrs []netip.Prefix
 	// Gateway4 and Gateway6 are the gateways of the interface's lowest
 	// metric default routes; invalid if there is none or it has no gateway.

@@ -1,6 +1,7 @@
 package route
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -259,6 +260,8 @@ func TestIntegrationRouter(t *testing.T) {
 	noDAD(t)
 	wan0 := addUplink(t, "wan0")
 	wan1 := addUplink(t, "wan1")
+	lan0 := addUplink(t, "lan0") // a veth like the uplinks; no uplink's
+	addAddr(t, lan0, netip.MustParsePrefix("192.168.7.1/24"))
 	addAddr(t, wan0, wan0Addr4)
 	addAddr(t, wan0, wan0Addr6)
 	addAddr(t, wan1, wan1Addr4)
@@ -308,14 +311,19 @@ func TestIntegrationRouter(t *testing.T) {
 	checkTable(netlink.FAMILY_V6, testTProxyTable, []string{"::/0 via <nil> dev 1 metric 1024 type 2"})
 	checkTable(netlink.FAMILY_V4, testTable0, []string{
 		fmt.Sprintf("0.0.0.0/0 via 10.0.1.1 dev %d metric 10 type 1", i0),
+		"0.0.0.0/0 via <nil> dev 0 metric 2147483647 type 7",
 		fmt.Sprintf("10.0.1.0/24 via <nil> dev %d metric 0 type 1", i0),
+		"192.168.7.0/24 via <nil> dev 0 metric 0 type 9",
 	})
 	checkTable(netlink.FAMILY_V4, testTable1, []string{
 		fmt.Sprintf("0.0.0.0/0 via 100.64.0.1 dev %d metric 20 type 1", i1),
+		"0.0.0.0/0 via <nil> dev 0 metric 2147483647 type 7",
 		fmt.Sprintf("100.64.0.0/24 via <nil> dev %d metric 0 type 1", i1),
+		"192.168.7.0/24 via <nil> dev 0 metric 0 type 9",
 	})
 	v6 := tableRoutes(t, netlink.FAMILY_V6, testTable0)
 	for _, want := range []string{
+		"::/0 via <nil> dev 1 metric 2147483647 type 7",
 		fmt.Sprintf("2001:db8:1::/64 via <nil> dev %d metric 256 type 1", i0),
 		fmt.Sprintf("::/0 via 2001:db8:1::1 dev %d metric 10 type 1", i0),
 	} {
@@ -332,6 +340,28 @@ func TestIntegrationRouter(t *testing.T) {
 	if dev, gw := routeVia(t, internet, wan0Addr4.Addr(), 0); dev != i0 || gw != "10.0.1.1" {
 		t.Errorf("route to %v from %v: dev %d via %s, want dev %d via 10.0.1.1", internet, wan0Addr4.Addr(), dev, gw, i0)
 	}
+	// A reply from an uplink's address to a LAN host goes to the LAN: the
+	// uplink's table throws the LAN's prefix back to the main table.
+	if dev, _ := routeVia(t, net.ParseIP("192.168.7.2"), wan0Addr4.Addr(), 0); dev != lan0.Attrs().Index {
+		t.Errorf("route to a LAN host from %v: dev %d, want the LAN's %d", wan0Addr4.Addr(), dev, lan0.Attrs().Index)
+	}
+	// Without a default route of its own, LTE's address is unreachable
+	// beyond its subnet, rather than routed out of DSL by the main table.
+	lteDefault := &netlink.Route{LinkIndex: i1, Gw: wan1Gw4.AsSlice(), Priority: 20}
+	must(t, netlink.RouteDel(lteDefault))
+	eventually(t, time.Second, "LTE's address unreachable without its default route", func() error {
+		if rs, err := netlink.RouteGetWithOptions(internet, &netlink.RouteGetOptions{SrcAddr: wan1Addr4.Addr().AsSlice()}); !errors.Is(err, unix.EHOSTUNREACH) {
+			return fmt.Errorf("route get %v from %v: %v, %v; want no route to host", internet, wan1Addr4.Addr(), rs, err)
+		}
+		return nil
+	})
+	addDefault(t, wan1, wan1Gw4, 20)
+	eventually(t, time.Second, "LTE's default route back in its table", func() error {
+		if got := tableRoutes(t, netlink.FAMILY_V4, testTable1); !slices.Contains(got, fmt.Sprintf("0.0.0.0/0 via 100.64.0.1 dev %d metric 20 type 1", i1)) {
+			return fmt.Errorf("table %d = %q", testTable1, got)
+		}
+		return nil
+	})
 	if _, gw := routeVia(t, internet, netip.Addr{}, testTProxyMark|0x100); gw != "local" {
 		t.Errorf("route to %v with the TPROXY mark: via %s, want local delivery", internet, gw)
 	}

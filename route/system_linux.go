@@ -215,10 +215,11 @@ func (s *netlinkSystem) snapshot() (snapshot, error) {
 			continue
 		}
 		snap.addrs = append(snap.addrs, address{
-			linkIndex: a.LinkIndex,
-			prefix:    p,
-			global:    a.Scope == unix.RT_SCOPE_UNIVERSE,
-			tentative: a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0,
+			linkIndex:  a.LinkIndex,
+			prefix:     p,
+			global:     a.Scope == unix.RT_SCOPE_UNIVERSE,
+			tentative:  a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0,
+			deprecated: a.Flags&unix.IFA_F_DEPRECATED != 0,
 		})
 	}
 	routes, err := dump("routes", func() ([]netlink.Route, error) {
