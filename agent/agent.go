@@ -61,7 +61,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	for i, u := range cfg.Uplinks {
 		uplinks[i] = route.Uplink{Name: u.Name, Interface: u.Interface, Table: cfg.Routing.TableBase + 1 + i}
 	}
-	eps, err := newEndpointSync(cfg.MaxSubflows, cfg.ControlSocket+".limits", log.With("component", "endpoints"))
+	eps, err := newEndpointSync(cfg.MaxSubflows, cfg.ControlSocket+".limits", cfg.ControlSocket+".endpoints", log.With("component", "endpoints"))
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +49,10 @@ type endpointSync struct {
 	oldLimits mptcppm.Limits
 	// limitsFile holds oldLimits while the agent runs.
 	limitsFile string
+	// oursFile holds ours (ID and address of each endpoint), so that a
+	// run after a crash removes what the crashed run added.
+	oursFile string
+	oursSaved bool // oursFile matches ours
 }
 
 // pathManager is what endpointSync needs of the kernel's path manager
@@ -74,7 +80,11 @@ const makeBeforeBreak = 1500 * time.Millisecond
 //
 // The limits found are saved in limitsFile until close restores them, so
 // that a run after a crash restores the system's, not the crashed run's.
-func newEndpointSync(maxSubflows int, limitsFile string, log *slog.Logger) (*endpointSync, error) {
+//
+// The endpoints it adds are listed in oursFile while the agent runs: the
+// next run removes those a crashed one left, wanted or not (an on-demand
+// uplink's, say, that would otherwise carry a subflow of every leg).
+func newEndpointSync(maxSubflows int, limitsFile, oursFile string, log *slog.Logger) (*endpointSync, error) {
 	pm, err := mptcppm.Dial()
 	if err != nil {
 		return nil, fmt.Errorf("open MPTCP path manager: %w", err)
@@ -89,12 +99,12 @@ func newEndpointSync(maxSubflows int, limitsFile string, log *slog.Logger) (*end
 		pm.Close()
 		return nil, fmt.Errorf("set MPTCP limits to %+v: %w", want, err)
 	}
-	return startEndpointSync(pm, old, limitsFile, log), nil
+	return startEndpointSync(pm, old, limitsFile, oursFile, log), nil
 }
 
 // startEndpointSync starts the worker that applies plans to pm; close
 // restores oldLimits and closes pm.
-func startEndpointSync(pm pathManager, oldLimits mptcppm.Limits, limitsFile string, log *slog.Logger) *endpointSync {
+func startEndpointSync(pm pathManager, oldLimits mptcppm.Limits, limitsFile, oursFile string, log *slog.Logger) *endpointSync {
 	e := &endpointSync{
 		log:        log,
 		wake:       make(chan struct{}, 1),
@@ -104,6 +114,7 @@ func startEndpointSync(pm pathManager, oldLimits mptcppm.Limits, limitsFile stri
 		ours:       map[netip.Addr]mptcppm.Endpoint{},
 		oldLimits:  oldLimits,
 		limitsFile: limitsFile,
+		oursFile:   oursFile,
 	}
 	go e.run()
 	return e
@@ -161,6 +172,7 @@ func (e *endpointSync) apply(states []route.UplinkState, use []policy.Use) {
 func (e *endpointSync) run() {
 	defer close(e.done)
 	defer e.teardown()
+	e.removeLeftovers()
 	due := time.NewTimer(0)
 	due.Stop() // armed when removals wait
 	for {
@@ -173,7 +185,11 @@ func (e *endpointSync) run() {
 		e.mu.Lock()
 		want := e.want
 		e.mu.Unlock()
-		if wait := e.reconcile(want); wait > 0 {
+		wait := e.reconcile(want)
+		if !e.saveOurs() && wait == 0 {
+			wait = retryMin
+		}
+		if wait > 0 {
 			due.Reset(wait)
 		}
 	}
@@ -254,6 +270,7 @@ func (e *endpointSync) remove(a netip.Addr) (failed bool) {
 		e.log.Info("MPTCP endpoint already gone", "addr", a, "id", ep.ID)
 	}
 	delete(e.ours, a)
+	e.oursSaved = false
 	e.log.Info("MPTCP endpoint removed", "addr", a)
 	return false
 }
@@ -305,10 +322,74 @@ func (e *endpointSync) add(want map[netip.Addr]mptcppm.Endpoint) (added, failed 
 			continue
 		}
 		e.ours[w.Addr] = ep
+		e.oursSaved = false
 		added = true
 		e.log.Info("MPTCP endpoint added", "addr", w.Addr, "id", ep.ID, "ifindex", ep.IfIndex, "flags", ep.Flags)
 	}
 	return added, failed
+}
+
+// removeLeftovers deletes the endpoints that oursFile lists, as a run that
+// did not stop cleanly left it, if the kernel still has them.
+func (e *endpointSync) removeLeftovers() {
+	b, err := os.ReadFile(e.oursFile)
+	if err != nil {
+		return // none: the last run stopped cleanly, or never ran
+	}
+	listed := parseOurs(b)
+	existing, err := e.pm.Endpoints()
+	if err != nil {
+		e.log.Warn("list MPTCP endpoints", "err", err)
+		return
+	}
+	for _, ep := range existing {
+		if listed[ep.ID] != ep.Addr {
+			continue
+		}
+		if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
+			e.log.Warn("delete MPTCP endpoint left by the last run", "addr", ep.Addr, "id", ep.ID, "err", err)
+			continue
+		}
+		e.log.Info("MPTCP endpoint left by the last run removed", "addr", ep.Addr, "id", ep.ID)
+	}
+}
+
+// parseOurs reads what saveOurs wrote: one "ID ADDRESS" line per endpoint.
+// Lines it cannot read are skipped: a leftover they name stays.
+func parseOurs(b []byte) map[uint8]netip.Addr {
+	out := map[uint8]netip.Addr{}
+	for _, line := range strings.Split(string(b), "\n") {
+		id, addr, ok := strings.Cut(line, " ")
+		n, err := strconv.ParseUint(id, 10, 8)
+		a, aerr := netip.ParseAddr(addr)
+		if ok && err == nil && n > 0 && aerr == nil {
+			out[uint8(n)] = a
+		}
+	}
+	return out
+}
+
+// saveOurs writes ours to oursFile if it changed, replacing the file
+// atomically, and reports whether the file is up to date.
+func (e *endpointSync) saveOurs() bool {
+	if e.oursSaved {
+		return true
+	}
+	var b []byte
+	for _, ep := range e.ours {
+		b = fmt.Appendf(b, "%d %s\n", ep.ID, ep.Addr)
+	}
+	tmp := e.oursFile + ".tmp"
+	err := os.WriteFile(tmp, b, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, e.oursFile)
+	}
+	if err != nil {
+		e.log.Warn("save the list of MPTCP endpoints", "err", err)
+		return false
+	}
+	e.oursSaved = true
+	return true
 }
 
 // close stops the worker, once it has finished what the path manager is
@@ -321,9 +402,17 @@ func (e *endpointSync) close() {
 // teardown removes the endpoints the worker added and restores the limits.
 func (e *endpointSync) teardown() {
 	for a, ep := range e.ours {
-		if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
+		if err := e.pm.DeleteEndpoint(ep.ID); err != nil && e.stillThere(ep) {
 			e.log.Warn("delete MPTCP endpoint", "addr", a, "id", ep.ID, "err", err)
+			continue // listed for the next run
 		}
+		delete(e.ours, a)
+		e.oursSaved = false
+	}
+	if len(e.ours) == 0 {
+		os.Remove(e.oursFile)
+	} else {
+		e.saveOurs()
 	}
 	if err := e.pm.SetLimits(e.oldLimits); err != nil {
 		e.log.Warn("restore MPTCP limits", "err", err)

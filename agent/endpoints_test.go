@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -143,7 +144,7 @@ func startTestSync(t *testing.T, pm *fakePM) *endpointSync {
 	if err := os.WriteFile(file, []byte("add_addr_accepted 0 subflows 2\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e := startEndpointSync(pm, mptcppm.Limits{Subflows: 2}, file, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e := startEndpointSync(pm, mptcppm.Limits{Subflows: 2}, file, filepath.Join(filepath.Dir(file), "endpoints"), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(func() {
 		select {
 		case <-e.done:
@@ -265,4 +266,45 @@ func TestFailedEndpointRequestsAreRetried(t *testing.T) {
 	pm.mu.Unlock()
 	eps.apply(bothUp, []policy.Use{policy.UseNone, policy.UseNone})
 	eventually(t, "DSL endpoint removed on the second try", func() bool { return len(pm.addrs()) == 0 })
+}
+
+// The endpoints a run that did not stop cleanly listed are removed at the
+// next start, wanted or not; others' are left, and so is an endpoint whose
+// ID is listed with another address. The list follows what is added, and
+// goes with a clean stop.
+func TestLeftoverEndpointsRemoved(t *testing.T) {
+	pm := newFakePM()
+	for _, a := range []string{"10.0.1.2", "100.64.0.2", "192.0.2.1", "198.51.100.5"} {
+		if _, err := pm.AddEndpoint(mptcppm.Endpoint{Addr: netip.MustParseAddr(a), Flags: mptcppm.FlagSubflow}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	ours := filepath.Join(dir, "endpoints")
+	if err := os.WriteFile(ours, []byte("1 10.0.1.2\n2 100.64.0.2\n4 198.51.100.6\nnot a line\n300 192.0.2.1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := startEndpointSync(pm, mptcppm.Limits{Subflows: 2}, filepath.Join(dir, "limits"), ours, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer func() {
+		select {
+		case <-e.done:
+		default:
+			e.close()
+		}
+	}()
+	others := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.5")}
+	eventually(t, "the listed endpoints removed", func() bool { return slices.Equal(pm.addrs(), others) })
+
+	e.apply(bothUp, []policy.Use{policy.UseActive, policy.UseNone})
+	eventually(t, "DSL's endpoint added and listed", func() bool {
+		b, _ := os.ReadFile(ours)
+		return slices.Contains(pm.addrs(), dslAddr) && strings.HasSuffix(string(b), " "+dslAddr.String()+"\n")
+	})
+	e.close()
+	if _, err := os.Stat(ours); !os.IsNotExist(err) {
+		t.Errorf("the list of endpoints is left after a clean stop: %v", err)
+	}
+	if got := pm.addrs(); !slices.Equal(got, others) {
+		t.Errorf("after a clean stop the endpoints are %v, want only the others' %v", got, others)
+	}
 }
