@@ -37,6 +37,20 @@ config_list_foreach() {
 	local item
 	eval "for item in \${CONFIG_${1}_${2}}; do $3 \"\$item\"; done"
 }
+# uci keeps options in UCI_<key> variables, the key's dots and brackets
+# made underscores; "show network" prints UCI_SHOW_network. Changes are
+# printed.
+uci_var() { echo "UCI_$1" | tr '.@[]=' '_____'; }
+uci() {
+	[ "$1" = -q ] && shift
+	case "$1" in
+	get) eval "v=\${$(uci_var "$2")-}"; [ -n "$v" ] && echo "$v" ;;
+	set) eval "$(uci_var "${2%%=*}")=\"${2#*=}\""; echo "uci set $2" ;;
+	delete) unset "$(uci_var "$2")" ;;
+	show) eval "echo \"\${UCI_SHOW_$2-}\"" ;;
+	commit) echo "uci commit $2" ;;
+	esac
+}
 procd_open_instance() { echo open; }
 procd_set_param() { echo "set $*"; }
 procd_append_param() { echo "append $*"; }
@@ -73,6 +87,15 @@ CONFIG_lte_interface=wwan0
 CONFIG_lte_network=wwan
 NETDEV_wan=pppoe-wan
 NETDEV_wwan=wwan1
+UCI_network_wan_proto=dhcp
+UCI_network_wan_device=eth1
+UCI_network_wan6_proto=dhcpv6
+UCI_network_wan6_device=@wan
+UCI_network_wwan_proto=dhcp
+UCI_network_wwan_reqopts=121
+UCI_SHOW_network="network.wan.proto='dhcp'
+network.wan6.proto='dhcpv6'
+network.wwan.proto='dhcp'"
 `
 	run := func(t *testing.T, enabled string) []string {
 		t.Helper()
@@ -93,6 +116,12 @@ NETDEV_wwan=wwan1
 	})
 	t.Run("enabled", func(t *testing.T) {
 		want := []string{
+			// The uplinks' networks ask for the MCP option codes.
+			"uci set network.wan.reqopts=224",
+			"uci set network.wan6.reqopts=65001",
+			"uci set network.wwan.reqopts=121 224",
+			"uci commit network",
+			"logger -p daemon.notice -t mcpagent added the MCP option codes to the DHCP request options of: wan wan6 wwan (effective at their next ifup)",
 			"open",
 			"set command true -uci /etc/config/mcpagent",
 			"set file /etc/config/mcpagent true",
@@ -108,6 +137,12 @@ NETDEV_wwan=wwan1
 		}
 		if diff := cmp.Diff(want, run(t, "CONFIG_cfg01_enabled=1")); diff != "" {
 			t.Errorf("start_service (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("request options already there", func(t *testing.T) {
+		got := run(t, "CONFIG_cfg01_enabled=1\nUCI_network_wan_reqopts=224\nUCI_network_wan6_reqopts='23 65001'\nUCI_network_wwan_reqopts='121 224'")
+		if got[0] != "open" {
+			t.Errorf("with the codes requested already, start_service began with %q; want no change to the network configuration", got[:2])
 		}
 	})
 }
