@@ -51,7 +51,7 @@ type endpointSync struct {
 	limitsFile string
 	// oursFile holds ours (ID and address of each endpoint), so that a
 	// run after a crash removes what the crashed run added.
-	oursFile string
+	oursFile  string
 	oursSaved bool // oursFile matches ours
 }
 
