@@ -48,8 +48,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		}
 	}()
 
-	convertMark, rejectMark, tproxyMark := cfg.Netfilter.Marks()
-	mask := uint32(cfg.Netfilter.MarkMask)
+	unlock, err := lockRun(cfg, nil)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, unlock)
 
 	rl, err := relay.New(relay.Config{IdleTimeout: time.Duration(cfg.IdleTimeout), Logger: log.With("component", "relay")})
 	if err != nil {
@@ -57,11 +60,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 	undo = append(undo, func() { rl.Close() })
 
-	uplinks := make([]route.Uplink, len(cfg.Uplinks))
-	for i, u := range cfg.Uplinks {
-		uplinks[i] = route.Uplink{Name: u.Name, Interface: u.Interface, Table: cfg.Routing.TableBase + 1 + i}
-	}
-	eps, err := newEndpointSync(cfg.MaxSubflows, cfg.ControlSocket+".limits", cfg.ControlSocket+".endpoints", log.With("component", "endpoints"))
+	eps, err := newEndpointSync(cfg.MaxSubflows, limitsFile(cfg), oursFile(cfg), log.With("component", "endpoints"))
 	if err != nil {
 		return err
 	}
@@ -72,15 +71,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	if inf != nil {
 		undo = append(undo, inf.close)
 	}
-	rt, err := route.Start(route.Config{
-		Uplinks:      uplinks,
-		TProxyMark:   tproxyMark,
-		MarkMask:     mask,
-		TProxyTable:  cfg.Routing.TableBase,
-		RulePriority: cfg.Routing.RulePref,
-		OnChange:     func(s []route.UplinkState) { ups.update(s); inf.uplinksChanged(s) },
-		Logger:       log.With("component", "route"),
-	})
+	rc := routeConfig(cfg)
+	rc.OnChange = func(s []route.UplinkState) { ups.update(s); inf.uplinksChanged(s) }
+	rc.Logger = log.With("component", "route")
+	rt, err := route.Start(rc)
 	if err != nil {
 		return fmt.Errorf("set up routing: %w", err)
 	}
@@ -117,16 +111,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 
 	legs := newLegRegistry()
-	rules := firewall.Rules{
-		LANInterfaces: cfg.LANInterfaces,
-		Queue:         cfg.Netfilter.Queue,
-		TProxyPort:    cfg.Netfilter.TProxyPort,
-		ConvertMark:   convertMark,
-		RejectMark:    rejectMark,
-		TProxyMark:    tproxyMark,
-		MarkMask:      mask,
-		AliveTimeout:  aliveTimeout,
-	}
+	rules := firewallRules(cfg)
 	for _, addr := range rules.TProxyListeners() {
 		ln, err := listenTransparent(addr)
 		if err != nil {
@@ -142,9 +127,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 
 	ic, err := intercept.Open(intercept.Config{
 		Queue:       cfg.Netfilter.Queue,
-		ConvertMark: convertMark,
-		RejectMark:  rejectMark,
-		MarkMask:    mask,
+		ConvertMark: rules.ConvertMark,
+		RejectMark:  rules.RejectMark,
+		MarkMask:    rules.MarkMask,
 		Handler:     conv.handleSYN,
 		Logger:      log.With("component", "intercept"),
 	})

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -104,4 +105,35 @@ func linkCounters(ifname string) (rx, tx uint64) {
 	}
 	s := l.Attrs().Statistics
 	return s.RxBytes, s.TxBytes
+}
+
+// lockRun takes the lock that a running agent holds for its whole run, a
+// lock on the file beside the control socket (".lock"), which the kernel
+// releases when the process ends however it ends. With giveUp nil it fails
+// at once if another process holds it; else it waits until giveUp closes.
+func lockRun(cfg *config.Config, giveUp <-chan struct{}) (unlock func(), err error) {
+	path := cfg.ControlSocket + ".lock"
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if err != unix.EWOULDBLOCK || giveUp == nil {
+			f.Close()
+			if err == unix.EWOULDBLOCK {
+				return nil, fmt.Errorf("another mcpagent is running: it holds %s", path)
+			}
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-giveUp:
+			f.Close()
+			return nil, fmt.Errorf("mcpagent still running: it holds %s", path)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

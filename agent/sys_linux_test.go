@@ -2,8 +2,10 @@ package agent
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -52,5 +54,41 @@ func TestIntegrationPreflight(t *testing.T) {
 	defer os.WriteFile("/proc/sys/net/mptcp/enabled", []byte("1"), 0o644)
 	if err := preflight(parse("lan0", "wan0")); err == nil || !strings.Contains(err.Error(), "net.mptcp.enabled=1") {
 		t.Errorf("MPTCP disabled: %v", err)
+	}
+}
+
+// TestLockRun: one run at a time; a waiter gets the lock when the holder
+// lets go, or gives up.
+func TestLockRun(t *testing.T) {
+	cfg := &config.Config{ControlSocket: filepath.Join(t.TempDir(), "mcpagent.sock")}
+	unlock, err := lockRun(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockRun(cfg, nil); err == nil || !strings.Contains(err.Error(), "another mcpagent is running") {
+		t.Fatalf("second lockRun: %v, want another mcpagent is running", err)
+	}
+	giveUp := make(chan struct{})
+	time.AfterFunc(200*time.Millisecond, func() { close(giveUp) })
+	if _, err := lockRun(cfg, giveUp); err == nil || !strings.Contains(err.Error(), "still running") {
+		t.Fatalf("lockRun that gave up: %v, want still running", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		unlock2, err := lockRun(cfg, make(chan struct{}))
+		if err == nil {
+			unlock2()
+		}
+		got <- err
+	}()
+	time.Sleep(150 * time.Millisecond)
+	unlock()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("waiting lockRun: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter did not get the lock once it was released")
 	}
 }

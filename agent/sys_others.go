@@ -17,3 +17,5 @@ func preflight(*config.Config) error { return errNotLinux }
 func listenTransparent(netip.AddrPort) (*net.TCPListener, error) { return nil, errNotLinux }
 
 func linkCounters(string) (rx, tx uint64) { return 0, 0 }
+
+func lockRun(*config.Config, <-chan struct{}) (func(), error) { return nil, errNotLinux }

@@ -1,12 +1,14 @@
 package e2e
 
 import (
-	"github.com/google/go-cmp/cmp"
-
+	"context"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestIntegrationFailOpen: whatever happens to mcpgw or the agent, the
@@ -125,6 +127,21 @@ func TestIntegrationFailOpen(t *testing.T) {
 		}
 		if took > time.Second {
 			t.Errorf("took %v with the agent dead; the queue must be bypassed", took)
+		}
+	})
+
+	t.Run("cleanup after a kill restores the router", func(t *testing.T) {
+		if leftover := b.osState(t); leftover == pristine {
+			t.Fatal("the killed agent left nothing to clean up; the test would show nothing")
+		}
+		b.Run(t, "cpe", b.agentBin, "cleanup", "-config", filepath.Join(b.dir, "mcpagent.yaml"))
+		if diff := cmp.Diff(strings.Split(pristine, "\n"), strings.Split(b.osState(t), "\n")); diff != "" {
+			t.Errorf("after cleanup, the router's state differs from before the agent first started (-before +after):\n%s", diff)
+		}
+		// Once more: nothing left, nothing done.
+		out, err := b.Command(context.Background(), "cpe", b.agentBin, "cleanup", "-config", filepath.Join(b.dir, "mcpagent.yaml")).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "nothing to clean up") {
+			t.Errorf("a second cleanup: %v, %q; want nothing to clean up", err, out)
 		}
 	})
 

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,7 +56,10 @@ procd_open_instance() { echo open; }
 procd_set_param() { echo "set $*"; }
 procd_append_param() { echo "append $*"; }
 procd_close_instance() { echo close; }
-logger() { echo "logger $*"; }
+logger() {
+	echo "logger $*"
+	while read -r line; do echo "logger< $line"; done
+}
 `
 
 // TestInitScript runs the init script's start_service with busybox sh, as
@@ -97,9 +101,14 @@ UCI_SHOW_network="network.wan.proto='dhcp'
 network.wan6.proto='dhcpv6'
 network.wwan.proto='dhcp'"
 `
+	var runIn func(t *testing.T, shell string) []string
 	run := func(t *testing.T, enabled string) []string {
 		t.Helper()
-		sh := openwrtStandIns + config + enabled + "\n. " + script + "\nPROG=true\nstart_service\n"
+		return runIn(t, enabled+"\n. "+script+"\nPROG=true\nstart_service\n")
+	}
+	runIn = func(t *testing.T, shell string) []string {
+		t.Helper()
+		sh := openwrtStandIns + config + shell
 		cmd := exec.Command("busybox", "sh", "-c", sh)
 		cmd.Env = append(os.Environ(), "IPKG_INSTROOT="+root)
 		out, err := cmd.CombinedOutput()
@@ -109,6 +118,12 @@ network.wwan.proto='dhcp'"
 		return strings.Split(strings.TrimSpace(string(out)), "\n")
 	}
 
+	t.Run("stopped", func(t *testing.T) {
+		got := runIn(t, ". "+script+"\nPROG=echo\nservice_stopped\n")
+		if want := []string{"logger -t mcpagent", "logger< cleanup -uci /etc/config/mcpagent"}; !slices.Equal(got, want) {
+			t.Errorf("service_stopped did %q, want %q", got, want)
+		}
+	})
 	t.Run("disabled", func(t *testing.T) {
 		if got := run(t, "CONFIG_cfg01_enabled=0"); len(got) != 1 || got[0] != "" {
 			t.Errorf("with enabled 0, start_service did %q; want nothing", got)

@@ -22,12 +22,8 @@ func dhcpEvent(args []string) int {
 	family := fs.Int("family", 4, "4 (udhcpc) or 6 (odhcp6c)")
 	event := fs.String("event", "", "the DHCP client's `event` (udhcpc: bound, renew, deconfig; odhcp6c: bound, informed, updated, rebound, unbound, stopped)")
 	ifname := fs.String("interface", "", "the `device` the DHCP client runs on")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mcpagent dhcp-event:", err)
+	cfg := parseConfig(fs, load, args)
+	if cfg == nil {
 		return 2
 	}
 	ev := control.DHCPEvent{Interface: *ifname, Family: *family, Event: *event, Options: optionsFromEnv(os.Environ(), *family)}

@@ -11,6 +11,9 @@
 //	mcpagent status [-json] [-uci FILE]
 //	                               # the running agent's uplinks and
 //	                               # relayed connections
+//	mcpagent cleanup [-uci FILE]   # after a stop: remove what a run that
+//	                               # was killed left (rules, routes,
+//	                               # MPTCP endpoints and limits)
 package main
 
 import (
@@ -42,6 +45,8 @@ func run() int {
 			return dhcpEvent(os.Args[2:])
 		case "status":
 			return statusCmd(os.Args[2:])
+		case "cleanup":
+			return cleanupCmd(os.Args[2:])
 		}
 	}
 	load := configFlags(flag.CommandLine)
@@ -101,4 +106,19 @@ func configFlags(fs *flag.FlagSet) func() (*config.Config, error) {
 		}
 		return config.Load(*yamlPath)
 	}
+}
+
+// parseConfig parses the arguments of a subcommand with fs, which
+// configFlags gave load, and loads the configuration. It reports a failure
+// on standard error and returns nil; the subcommand then exits with 2.
+func parseConfig(fs *flag.FlagSet, load func() (*config.Config, error), args []string) *config.Config {
+	if err := fs.Parse(args); err != nil {
+		return nil
+	}
+	cfg, err := load()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", fs.Name(), err)
+		return nil
+	}
+	return cfg
 }

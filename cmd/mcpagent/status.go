@@ -21,12 +21,8 @@ func statusCmd(args []string) int {
 	fs := flag.NewFlagSet("mcpagent status", flag.ContinueOnError)
 	load := configFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON for programs")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	cfg, err := load()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mcpagent status:", err)
+	cfg := parseConfig(fs, load, args)
+	if cfg == nil {
 		return 2
 	}
 	st, err := control.QueryStatus(context.Background(), cfg.ControlSocket)
