@@ -89,7 +89,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	conv.onPath, conv.source, conv.sources, conv.legOpened = onPath, cfg.MCP.Source(), ups.initialSources, ups.legOpened
 	var probes sync.WaitGroup
 	undo = append(undo, func() { cancelLegs(); probes.Wait(); conv.close() })
-	kick := make(chan int, 1)
+	kick := newProbeKicks(len(cfg.Uplinks))
 	if !onPath {
 		// On path there is no MCP address to probe toward: the uplinks
 		// count as healthy while they are up.

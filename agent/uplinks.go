@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpagent/mcpagent/config"
@@ -183,7 +184,7 @@ func (m *uplinkManager) probeTargets(target netip.Addr) []netip.Addr {
 // uplink. A handshake says more than ICMP would: a captive portal or a
 // filter on the way answers pings too (RFC 8041 section 3.10). An uplink
 // received from kick is probed at once, at most once per timeout.
-func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.AddrPort, bool), interval, timeout time.Duration, kick <-chan int) {
+func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.AddrPort, bool), interval, timeout time.Duration, kick *probeKicks) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	var wg sync.WaitGroup
@@ -215,7 +216,8 @@ func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.A
 			return
 		case <-tick.C:
 			probe(-1)
-		case i := <-kick:
+		case i := <-kick.ch:
+			kick.pending[i].Store(false)
 			// Subflows close with errors in bursts (a leg reset closes
 			// all of its subflows): one extra probe per uplink and
 			// timeout is enough.
@@ -258,7 +260,7 @@ type eventSource interface {
 // probe that the path may be gone. Other events are ignored; the agent
 // subscribes to sub_closed only (see Run), so that the several events of
 // every connection do not each wake it up.
-func (m *uplinkManager) watchSubflows(events eventSource, kick chan<- int) {
+func (m *uplinkManager) watchSubflows(events eventSource, kick *probeKicks) {
 	for {
 		evs, err := events.Receive()
 		if errors.Is(err, net.ErrClosed) {
@@ -280,12 +282,29 @@ func (m *uplinkManager) watchSubflows(events eventSource, kick chan<- int) {
 			m.log.Debug("subflow closed", "uplink", name, "token", ev.Token,
 				"local", netip.AddrPortFrom(ev.Saddr, ev.Sport), "remote", netip.AddrPortFrom(ev.Daddr, ev.Dport), "backup", ev.Backup, "errno", ev.Error)
 			if ev.Error != 0 && used {
-				select {
-				case kick <- i:
-				default: // a probe is already due
-				}
+				kick.send(i)
 			}
 		}
+	}
+}
+
+// probeKicks carries the uplinks to probe at once, each at most once until
+// the prober has taken it: a burst of one uplink's kicks does not crowd out
+// another's.
+type probeKicks struct {
+	ch      chan int
+	pending []atomic.Bool
+}
+
+func newProbeKicks(uplinks int) *probeKicks {
+	return &probeKicks{ch: make(chan int, uplinks), pending: make([]atomic.Bool, uplinks)}
+}
+
+// send asks for a probe of uplink i, unless one is pending. It never
+// blocks: the channel holds one kick per uplink.
+func (k *probeKicks) send(i int) {
+	if k.pending[i].CompareAndSwap(false, true) {
+		k.ch <- i
 	}
 }
 

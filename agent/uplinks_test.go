@@ -53,18 +53,39 @@ func TestWatchSubflowsKicksTheProbe(t *testing.T) {
 		{{Type: mptcppm.EventCreated, Saddr: dsl, Error: 110}},                              // not sub_closed
 		{{Type: mptcppm.EventSubClosed, Saddr: netip.MustParseAddr("192.0.2.9"), Error: 1}}, // no uplink's
 	}
-	kick := make(chan int, 1)
+	kick := newProbeKicks(2)
 	m.watchSubflows(events, kick)
 	select {
-	case i := <-kick:
+	case i := <-kick.ch:
 		if i != 0 {
 			t.Errorf("kicked uplink %d, want 0 (dsl)", i)
 		}
 	default:
 		t.Fatal("no kick for a subflow of dsl closed with an error")
 	}
-	if len(kick) != 0 {
+	if len(kick.ch) != 0 {
 		t.Error("more than one kick")
+	}
+}
+
+// A kick pending for one uplink does not keep another's out; each uplink
+// has one pending at most until the prober takes it.
+func TestProbeKicks(t *testing.T) {
+	k := newProbeKicks(2)
+	k.send(0)
+	k.send(0)
+	k.send(1)
+	if got := []int{<-k.ch, <-k.ch}; got[0] != 0 || got[1] != 1 || len(k.ch) != 0 {
+		t.Fatalf("kicks %v then %d more, want [0 1] and none", got, len(k.ch))
+	}
+	k.send(0) // still pending: the prober has not cleared it
+	if len(k.ch) != 0 {
+		t.Fatal("a second kick of uplink 0 while one was pending")
+	}
+	k.pending[0].Store(false) // the prober took it
+	k.send(0)
+	if len(k.ch) != 1 {
+		t.Fatal("no kick of uplink 0 after the prober took the last")
 	}
 }
 
