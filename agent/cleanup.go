@@ -37,11 +37,12 @@ func routeConfig(cfg *config.Config) route.Config {
 	}
 	_, _, tproxyMark := cfg.Netfilter.Marks()
 	return route.Config{
-		Uplinks:      uplinks,
-		TProxyMark:   tproxyMark,
-		MarkMask:     uint32(cfg.Netfilter.MarkMask),
-		TProxyTable:  cfg.Routing.TableBase,
-		RulePriority: cfg.Routing.RulePref,
+		Uplinks:       uplinks,
+		LANInterfaces: cfg.LANInterfaces,
+		TProxyMark:    tproxyMark,
+		MarkMask:      uint32(cfg.Netfilter.MarkMask),
+		TProxyTable:   cfg.Routing.TableBase,
+		RulePriority:  cfg.Routing.RulePref,
 	}
 }
 
@@ -63,9 +64,9 @@ const cleanupWait = 30 * time.Second
 // it, which removes everything; after a clean stop there is nothing to do.
 // The DHCP state beside the control socket stays: the next run replays it.
 func Cleanup(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	ctx, cancel := context.WithTimeout(ctx, cleanupWait)
+	wait, cancel := context.WithTimeout(ctx, cleanupWait)
 	defer cancel()
-	unlock, err := lockRun(cfg, ctx.Done())
+	unlock, err := lockRun(cfg, wait.Done())
 	if err != nil {
 		return err
 	}

@@ -172,7 +172,7 @@ func (e *endpointSync) apply(states []route.UplinkState, use []policy.Use) {
 func (e *endpointSync) run() {
 	defer close(e.done)
 	defer e.teardown()
-	e.removeLeftovers()
+	e.adoptLeftovers()
 	due := time.NewTimer(0)
 	due.Stop() // armed when removals wait
 	for {
@@ -329,9 +329,12 @@ func (e *endpointSync) add(want map[netip.Addr]mptcppm.Endpoint) (added, failed 
 	return added, failed
 }
 
-// removeLeftovers deletes the endpoints that oursFile lists, as a run that
-// did not stop cleanly left it, if the kernel still has them.
-func (e *endpointSync) removeLeftovers() {
+// adoptLeftovers takes as ours the endpoints that oursFile lists, as a run
+// that did not stop cleanly left it, that the kernel still has: the first
+// reconcile keeps those still wanted and removes the others, with its
+// retries, and teardown removes what is left. If the kernel cannot list
+// them, the file is kept for the next run.
+func (e *endpointSync) adoptLeftovers() {
 	b, err := os.ReadFile(e.oursFile)
 	if err != nil {
 		return // none: the last run stopped cleanly, or never ran
@@ -339,19 +342,19 @@ func (e *endpointSync) removeLeftovers() {
 	listed := parseOurs(b)
 	existing, err := e.pm.Endpoints()
 	if err != nil {
-		e.log.Warn("list MPTCP endpoints", "err", err)
+		e.log.Warn("list MPTCP endpoints; those the last run left stay listed", "err", err)
+		for id, a := range listed {
+			e.ours[a] = mptcppm.Endpoint{ID: id, Addr: a}
+		}
 		return
 	}
 	for _, ep := range existing {
-		if listed[ep.ID] != ep.Addr {
-			continue
+		if listed[ep.ID] == ep.Addr {
+			e.ours[ep.Addr] = ep
+			e.log.Info("MPTCP endpoint left by the last run", "addr", ep.Addr, "id", ep.ID)
 		}
-		if err := e.pm.DeleteEndpoint(ep.ID); err != nil {
-			e.log.Warn("delete MPTCP endpoint left by the last run", "addr", ep.Addr, "id", ep.ID, "err", err)
-			continue
-		}
-		e.log.Info("MPTCP endpoint left by the last run removed", "addr", ep.Addr, "id", ep.ID)
 	}
+	e.oursSaved = false
 }
 
 // parseOurs reads what saveOurs wrote: one "ID ADDRESS" line per endpoint.

@@ -139,12 +139,18 @@ var (
 // startTestSync starts an endpointSync on pm that the test closes at its
 // end, unless it did.
 func startTestSync(t *testing.T, pm *fakePM) *endpointSync {
+	return startTestSyncIn(t, pm, t.TempDir())
+}
+
+// startTestSyncIn is startTestSync with the limits and the list of
+// endpoints in dir.
+func startTestSyncIn(t *testing.T, pm *fakePM, dir string) *endpointSync {
 	t.Helper()
-	file := filepath.Join(t.TempDir(), "limits")
+	file := filepath.Join(dir, "limits")
 	if err := os.WriteFile(file, []byte("add_addr_accepted 0 subflows 2\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e := startEndpointSync(pm, mptcppm.Limits{Subflows: 2}, file, filepath.Join(filepath.Dir(file), "endpoints"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e := startEndpointSync(pm, mptcppm.Limits{Subflows: 2}, file, filepath.Join(dir, "endpoints"), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(func() {
 		select {
 		case <-e.done:
@@ -268,10 +274,11 @@ func TestFailedEndpointRequestsAreRetried(t *testing.T) {
 	eventually(t, "DSL endpoint removed on the second try", func() bool { return len(pm.addrs()) == 0 })
 }
 
-// The endpoints a run that did not stop cleanly listed are removed at the
-// next start, wanted or not; others' are left, and so is an endpoint whose
-// ID is listed with another address. The list follows what is added, and
-// goes with a clean stop.
+// The endpoints a run that did not stop cleanly listed are ours: the first
+// plan removes those not wanted (the on-demand uplink's), others' are left,
+// and so is an endpoint whose ID is listed with another address. The list
+// follows what is added, and goes with a clean stop; an endpoint whose
+// deletion fails stays listed.
 func TestLeftoverEndpointsRemoved(t *testing.T) {
 	pm := newFakePM()
 	for _, a := range []string{"10.0.1.2", "100.64.0.2", "192.0.2.1", "198.51.100.5"} {
@@ -284,23 +291,23 @@ func TestLeftoverEndpointsRemoved(t *testing.T) {
 	if err := os.WriteFile(ours, []byte("1 10.0.1.2\n2 100.64.0.2\n4 198.51.100.6\nnot a line\n300 192.0.2.1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e := startEndpointSync(pm, mptcppm.Limits{Subflows: 2}, filepath.Join(dir, "limits"), ours, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	defer func() {
-		select {
-		case <-e.done:
-		default:
-			e.close()
-		}
-	}()
+	e := startTestSyncIn(t, pm, dir)
 	others := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.5")}
-	eventually(t, "the listed endpoints removed", func() bool { return slices.Equal(pm.addrs(), others) })
-
 	e.apply(bothUp, []policy.Use{policy.UseActive, policy.UseNone})
-	eventually(t, "DSL's endpoint added and listed", func() bool {
+	eventually(t, "LTE's leftover removed, DSL's endpoint there and listed", func() bool {
 		b, _ := os.ReadFile(ours)
-		return slices.Contains(pm.addrs(), dslAddr) && strings.HasSuffix(string(b), " "+dslAddr.String()+"\n")
+		return slices.Equal(pm.addrs(), append([]netip.Addr{dslAddr}, others...)) &&
+			strings.HasSuffix(string(b), " "+dslAddr.String()+"\n") && strings.Count(string(b), "\n") == 1
 	})
+	pm.mu.Lock()
+	pm.failDeletes = 1
+	pm.mu.Unlock()
 	e.close()
+	if b, err := os.ReadFile(ours); err != nil || !strings.HasSuffix(string(b), " "+dslAddr.String()+"\n") {
+		t.Fatalf("after a stop that failed to delete DSL's endpoint the list is %q (%v), want it listed", b, err)
+	}
+	// The next run, closed at once (as cleanup does), removes it.
+	startTestSyncIn(t, pm, dir).close()
 	if _, err := os.Stat(ours); !os.IsNotExist(err) {
 		t.Errorf("the list of endpoints is left after a clean stop: %v", err)
 	}

@@ -30,11 +30,13 @@ type uplinkManager struct {
 	mu     sync.Mutex
 	states []route.UplinkState // in config order; nil before the first
 	health []policy.UplinkHealth
-	plan   policy.UplinkPlan
+	// idleSince is when each uplink last went out of use.
+	idleSince []time.Time
+	plan      policy.UplinkPlan
 }
 
 func newUplinkManager(cfg *config.Config, eps *endpointSync, log *slog.Logger) *uplinkManager {
-	m := &uplinkManager{cfg: cfg.Uplinks, maxSubflows: cfg.MaxSubflows, eps: eps, log: log, health: make([]policy.UplinkHealth, len(cfg.Uplinks))}
+	m := &uplinkManager{cfg: cfg.Uplinks, maxSubflows: cfg.MaxSubflows, eps: eps, log: log, health: make([]policy.UplinkHealth, len(cfg.Uplinks)), idleSince: make([]time.Time, len(cfg.Uplinks))}
 	for i := range m.health {
 		m.health[i].Failures = cfg.Probe.Failures
 	}
@@ -107,29 +109,44 @@ func (m *uplinkManager) replanLocked() {
 		}
 	}
 	plan := policy.PlanUplinks(ups, m.maxSubflows)
-	// An idle on-demand uplink is not probed (it must stay silent), so
-	// failures it had while in use would count against it for good: it
-	// is presumed healthy while idle, and the plan is made again if that
-	// changes it. With every uplink failing, this retries the on-demand
-	// one each time its probes take it out of use.
-	presumed := false
-	for i, use := range plan.Use {
-		if use == policy.UseNone && ups[i].Role == policy.RoleOnDemand && !ups[i].Healthy {
-			m.health[i].Record(true)
-			ups[i].Healthy, presumed = true, true
-			m.log.Info("idle on-demand uplink presumed healthy", "uplink", m.cfg[i].Name)
-		}
-	}
-	if presumed {
-		plan = policy.PlanUplinks(ups, m.maxSubflows)
-	}
 	for i, use := range plan.Use {
 		if len(m.plan.Use) != len(plan.Use) || m.plan.Use[i] != use {
 			m.log.Info("uplink use", "uplink", m.cfg[i].Name, "role", m.cfg[i].Role, "use", use.String())
+			if use == policy.UseNone {
+				m.idleSince[i] = time.Now()
+			}
 		}
 	}
 	m.plan = plan
 	m.eps.apply(m.states, plan.Use)
+}
+
+// idleRetry is how long an on-demand uplink that failed while in use stays
+// idle before it is presumed healthy again.
+const idleRetry = time.Minute
+
+// presumeIdleHealthy is called every probe interval. An idle on-demand
+// uplink is not probed (it must stay silent), so failures it had while in
+// use would count against it for good, and the next outage of the primary
+// would find no uplink to take over. Once idle for idleRetry it is
+// presumed healthy again. Not at once: with every uplink failing (the
+// MCP down), the plan keeps the primary, and the on-demand uplink would
+// otherwise be taken back into use at every replan.
+func (m *uplinkManager) presumeIdleHealthy(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	presumed := false
+	for i, u := range m.cfg {
+		idle := len(m.plan.Use) <= i || m.plan.Use[i] == policy.UseNone
+		if u.PolicyRole() == policy.RoleOnDemand && idle && !m.health[i].Healthy() && now.Sub(m.idleSince[i]) >= idleRetry {
+			m.health[i].Record(true)
+			presumed = true
+			m.log.Info("idle on-demand uplink presumed healthy again", "uplink", u.Name)
+		}
+	}
+	if presumed {
+		m.replanLocked()
+	}
 }
 
 // hasLink reports whether the uplink is up with an address to send from:
@@ -214,7 +231,8 @@ func (m *uplinkManager) probeUplinks(ctx context.Context, target func() (netip.A
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case now := <-tick.C:
+			m.presumeIdleHealthy(now)
 			probe(-1)
 		case i := <-kick.ch:
 			kick.pending[i].Store(false)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/mcpagent/mcpagent/config"
 	"github.com/mcpagent/mcpagent/mptcppm"
@@ -116,8 +117,9 @@ func TestInitialSourcesAndProbeTargets(t *testing.T) {
 }
 
 // An on-demand uplink that failed its probes while in use is presumed
-// healthy once idle: it is not probed then, and must not be left out of
-// the next outage for failures of the last.
+// healthy after idleRetry idle: it is not probed then, and must not be left
+// out of the next outage for failures of the last. Not sooner: with every
+// uplink failing, the plan keeps the primary rather than flip back.
 func TestIdleOnDemandIsPresumedHealthy(t *testing.T) {
 	m := testUplinks(t)
 	fail := func(i int) {
@@ -126,11 +128,18 @@ func TestIdleOnDemandIsPresumedHealthy(t *testing.T) {
 	}
 	fail(0) // dsl's path fails: lte takes over
 	fail(1) // the MCP is down: lte fails too
-	// Every uplink failed: the plan goes back to dsl and tries lte again.
-	if m.plan.Use[1] != policy.UseActive || !m.health[1].Healthy() {
-		t.Fatalf("with both failing: plan %v, lte healthy %v; want lte in use again, presumed healthy", m.plan.Use, m.health[1].Healthy())
+	if m.plan.Use[0] != policy.UseActive || m.plan.Use[1] != policy.UseNone {
+		t.Fatalf("with both failing the plan is %v, want dsl active (fail open), lte unused", m.plan.Use)
 	}
-	m.probed(0, nil) // dsl is back: lte idle
+	m.presumeIdleHealthy(time.Now().Add(idleRetry / 2))
+	if m.health[1].Healthy() || m.plan.Use[1] != policy.UseNone {
+		t.Fatalf("lte presumed healthy after %v idle: plan %v", idleRetry/2, m.plan.Use)
+	}
+	m.presumeIdleHealthy(time.Now().Add(idleRetry))
+	if !m.health[1].Healthy() || m.plan.Use[1] != policy.UseActive {
+		t.Fatalf("after %v idle: lte healthy %v, plan %v; want lte presumed healthy and taking over from failing dsl", idleRetry, m.health[1].Healthy(), m.plan.Use)
+	}
+	m.probed(0, nil) // dsl is back: lte idle again, and healthy
 	if m.plan.Use[0] != policy.UseActive || m.plan.Use[1] != policy.UseNone {
 		t.Fatalf("with dsl back the plan is %v, want dsl active, lte unused", m.plan.Use)
 	}

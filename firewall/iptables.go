@@ -164,6 +164,7 @@ func tableOf(h hook) (table, builtin string) {
 	panic(fmt.Sprintf("firewall: unknown hook %d", h))
 }
 
+// tablesOf returns the tables of chains in order of first use.
 func tablesOf(chains []chain) []string {
 	var tables []string
 	for _, c := range chains {

@@ -114,7 +114,6 @@ func renderNFT(chains []chain) string {
 	return b.String()
 }
 
-// writeNFTRule writes r as one nft rule, or three for TPROXY.
 // nftAliveSet names the set of the heartbeats.
 const nftAliveSet = "alive"
 
@@ -130,6 +129,7 @@ func aliveTimeout(chains []chain) time.Duration {
 	return 0
 }
 
+// writeNFTRule writes r as one nft rule, or three for TPROXY.
 func writeNFTRule(b *strings.Builder, r rule) {
 	m := nftMatch(r.match)
 	for _, stmt := range nftStatements(r.action) {

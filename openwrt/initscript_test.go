@@ -44,6 +44,7 @@ config_list_foreach() {
 uci_var() { echo "UCI_$1" | tr '.@[]=' '_____'; }
 uci() {
 	[ "$1" = -q ] && shift
+	[ "$1" = -t ] && shift 2 # its change directory: the stand-in keeps none
 	case "$1" in
 	get) eval "v=\${$(uci_var "$2")-}"; [ -n "$v" ] && echo "$v" ;;
 	set) eval "$(uci_var "${2%%=*}")=\"${2#*=}\""; echo "uci set $2" ;;

@@ -234,9 +234,10 @@ func testbedSnapshot() snapshot {
 
 func testConfig() Config {
 	return Config{
-		Uplinks:     []Uplink{{Name: "dsl", Interface: "wan0", Table: 2125}, {Name: "lte", Interface: "wan1", Table: 2126}},
-		TProxyMark:  0x03000000,
-		MarkMask:    0x0f000000,
-		TProxyTable: 2124,
+		Uplinks:       []Uplink{{Name: "dsl", Interface: "wan0", Table: 2125}, {Name: "lte", Interface: "wan1", Table: 2126}},
+		LANInterfaces: []string{"br-lan"},
+		TProxyMark:    0x03000000,
+		MarkMask:      0x0f000000,
+		TProxyTable:   2124,
 	}
 }

@@ -118,15 +118,15 @@ func desired(cfg Config, s snapshot) plan {
 			p.routes = append(p.routes, r)
 		}
 	}
-	uplinkLinks := map[int]bool{}
-	for _, u := range cfg.Uplinks {
-		if l, ok := byName[u.Interface]; ok {
-			uplinkLinks[l.index] = true
+	lanLinks := map[int]bool{}
+	for _, name := range cfg.LANInterfaces {
+		if l, ok := byName[name]; ok {
+			lanLinks[l.index] = true
 		}
 	}
 	lo, haveLo := byName["lo"]
 	for _, u := range cfg.Uplinks {
-		p.routes = append(p.routes, tableEnds(u.Table, s.routes, uplinkLinks, lo, haveLo)...)
+		p.routes = append(p.routes, tableEnds(u.Table, s.routes, lanLinks, lo, haveLo)...)
 	}
 	for i, u := range cfg.Uplinks {
 		st := UplinkState{Name: u.Name, Interface: u.Interface}
@@ -196,12 +196,14 @@ func desired(cfg Config, s snapshot) plan {
 // default for each family, so that a packet from the uplink's address that
 // the table cannot route is refused rather than falling through to the
 // main table and out of another uplink (whose NAT would let a probe of a
-// broken uplink succeed); and a throw route for each connected route of
-// the main table on a link that is no uplink's (the LAN), so that a reply
-// from the uplink's address to a LAN host, the router reached at its WAN
-// address from inside, goes to the LAN. The kernel shows IPv6 routes of
-// these types on lo.
-func tableEnds(table int, main []route, uplinkLinks map[int]bool, lo link, haveLo bool) []route {
+// broken uplink succeed); and a throw route for the prefix of each route
+// of the main table over a LAN link, connected or via a router in the LAN,
+// so that a reply from the uplink's address to a LAN host, the router
+// reached at its WAN address from inside, goes to the LAN. Only the LAN's:
+// a VPN's routes (0.0.0.0/1 over wg0, say) would take the uplink's own
+// traffic into the tunnel. The kernel shows IPv6 routes of these types on
+// lo.
+func tableEnds(table int, main []route, lanLinks map[int]bool, lo link, haveLo bool) []route {
 	var out []route
 	add := func(r route) {
 		if r.dst.Addr().Is6() {
@@ -223,8 +225,8 @@ func tableEnds(table int, main []route, uplinkLinks map[int]bool, lo link, haveL
 		add(route{table: table, typ: rtnUnreachable, dst: dst, metric: lastResortMetric})
 	}
 	for _, r := range main {
-		if r.table != tableMain || r.typ != rtnUnicast || r.multipath || r.ours || r.gw.IsValid() ||
-			r.dst.Bits() == 0 || uplinkLinks[r.linkIndex] || haveLo && r.linkIndex == lo.index || r.dst.Addr().IsLinkLocalUnicast() {
+		if r.table != tableMain || r.typ != rtnUnicast || r.multipath || r.ours ||
+			r.dst.Bits() == 0 || !lanLinks[r.linkIndex] || r.dst.Addr().IsLinkLocalUnicast() {
 			continue
 		}
 		add(route{table: table, typ: rtnThrow, dst: r.dst})

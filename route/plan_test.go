@@ -86,7 +86,12 @@ func TestDesired(t *testing.T) {
 					route{table: tableMain, typ: 6 /* RTN_BLACKHOLE */, dst: p4("192.0.2.0/24"), linkIndex: 3},
 					route{table: 100, typ: rtnUnicast, dst: p4("0.0.0.0/0"), gw: a4("100.64.0.9"), linkIndex: 3},
 					route{table: 2126, typ: rtnUnicast, dst: p4("0.0.0.0/0"), gw: a4("100.64.0.8"), linkIndex: 3, ours: true},
+					// A VPN's half of the Internet: not thrown (no LAN link).
+					route{table: tableMain, typ: rtnUnicast, dst: p4("0.0.0.0/1"), linkIndex: 9, scope: scopeLink},
+					// A LAN subnet behind a router in the LAN: thrown.
+					route{table: tableMain, typ: rtnUnicast, dst: p4("10.50.0.0/16"), gw: a4("192.168.1.254"), linkIndex: 4},
 				)
+				s.links = append(s.links, link{index: 9, name: "wg0", up: true})
 				return s
 			},
 		},

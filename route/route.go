@@ -81,6 +81,10 @@ func (s UplinkState) equal(o UplinkState) bool {
 // Config configures a Router.
 type Config struct {
 	Uplinks []Uplink
+	// LANInterfaces name the LAN's links: their prefixes in the main
+	// table are thrown back to it from each uplink table, so that the
+	// router's replies from an uplink's address to the LAN stay in it.
+	LANInterfaces []string
 	// TProxyMark and MarkMask select the packets to deliver locally: those
 	// whose mark, masked with MarkMask, equals TProxyMark (non-zero).
 	TProxyMark, MarkMask uint32

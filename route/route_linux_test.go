@@ -272,12 +272,13 @@ func TestIntegrationRouter(t *testing.T) {
 
 	rec := &stateRecorder{t: t}
 	r, err := Start(Config{
-		Uplinks:     []Uplink{{Name: "dsl", Interface: "wan0", Table: testTable0}, {Name: "lte", Interface: "wan1", Table: testTable1}},
-		TProxyMark:  testTProxyMark,
-		MarkMask:    testMarkMask,
-		TProxyTable: testTProxyTable,
-		OnChange:    rec.onChange,
-		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Uplinks:       []Uplink{{Name: "dsl", Interface: "wan0", Table: testTable0}, {Name: "lte", Interface: "wan1", Table: testTable1}},
+		LANInterfaces: []string{"lan0"},
+		TProxyMark:    testTProxyMark,
+		MarkMask:      testMarkMask,
+		TProxyTable:   testTProxyTable,
+		OnChange:      rec.onChange,
+		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	must(t, err)
 	t.Cleanup(func() { r.Close() })
