@@ -213,6 +213,45 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 }
 
+// firewallRules returns the netfilter rules of cfg.
+func firewallRules(cfg *config.Config) firewall.Rules {
+	convertMark, rejectMark, tproxyMark := cfg.Netfilter.Marks()
+	return firewall.Rules{
+		LANInterfaces: cfg.LANInterfaces,
+		Queue:         cfg.Netfilter.Queue,
+		TProxyPort:    cfg.Netfilter.TProxyPort,
+		ConvertMark:   convertMark,
+		RejectMark:    rejectMark,
+		TProxyMark:    tproxyMark,
+		MarkMask:      uint32(cfg.Netfilter.MarkMask),
+		AliveTimeout:  aliveTimeout,
+	}
+}
+
+// routeConfig returns the policy routing of cfg, without OnChange and
+// Logger.
+func routeConfig(cfg *config.Config) route.Config {
+	uplinks := make([]route.Uplink, len(cfg.Uplinks))
+	for i, u := range cfg.Uplinks {
+		uplinks[i] = route.Uplink{Name: u.Name, Interface: u.Interface, Table: cfg.Routing.TableBase + 1 + i}
+	}
+	_, _, tproxyMark := cfg.Netfilter.Marks()
+	return route.Config{
+		Uplinks:       uplinks,
+		LANInterfaces: cfg.LANInterfaces,
+		TProxyMark:    tproxyMark,
+		MarkMask:      uint32(cfg.Netfilter.MarkMask),
+		TProxyTable:   cfg.Routing.TableBase,
+		RulePriority:  cfg.Routing.RulePref,
+	}
+}
+
+// Files beside the control socket: the path manager's limits the agent
+// found, and the endpoints it added. A clean stop removes both, so either
+// one left shows a run that did not stop cleanly.
+func limitsFile(cfg *config.Config) string { return cfg.ControlSocket + ".limits" }
+func oursFile(cfg *config.Config) string   { return cfg.ControlSocket + ".endpoints" }
+
 func fallbackAction(f config.Fallback) policy.Action {
 	if f == config.FallbackReject {
 		return policy.Reject

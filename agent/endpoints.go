@@ -224,21 +224,18 @@ func (e *endpointSync) reconcile(want map[netip.Addr]mptcppm.Endpoint) time.Dura
 	if added {
 		e.removeAt = time.Now().Add(makeBeforeBreak)
 	}
-	wait := time.Duration(0)
+	var wait time.Duration // until the deferred removals are due
 	if len(gone) > 0 {
-		wait = time.Until(e.removeAt)
-	}
-	if len(gone) > 0 && wait <= 0 {
-		wait = 0
-		for _, a := range gone {
-			if e.remove(a) {
-				failed = true
+		if wait = time.Until(e.removeAt); wait <= 0 {
+			wait = 0
+			for _, a := range gone {
+				failed = e.remove(a) || failed
 			}
+			// An address that moved to another interface comes back
+			// bound to the new one.
+			_, addFailed := e.add(want)
+			failed = failed || addFailed
 		}
-		// An address that moved to another interface comes back bound to
-		// the new one.
-		_, addFailed := e.add(want)
-		failed = failed || addFailed
 	}
 	if !failed {
 		e.retry = 0
